@@ -1,0 +1,34 @@
+GO ?= go
+PKGS := ./...
+# Extra flags for go test, e.g. make test TESTFLAGS='-run TestKV -v'.
+TESTFLAGS ?=
+
+.PHONY: all build test fmt-check vet lint etcd bench chaos clean
+
+all: build
+
+build:
+	$(GO) build $(PKGS)
+
+# The README's test command: format check, vet, race-enabled tests.
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 9m $(TESTFLAGS) $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+lint: fmt-check vet
+
+# A real etcd binary built from our own module graph, for tests that run
+# etcd as separate processes.
+etcd: bin/etcd
+
+bin/etcd: go.mod go.sum
+	$(GO) build -o bin/etcd go.etcd.io/etcd/server/v3
+
+clean:
+	rm -rf bin

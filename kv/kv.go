@@ -1,0 +1,127 @@
+package kv
+
+import (
+	"context"
+	"time"
+)
+
+// KV reads and writes keys. The contract is in the package doc.
+type KV interface {
+	// Get returns key and the revision the read was served at. It fails with
+	// ErrKeyNotFound (with that revision still returned) when key is missing,
+	// ErrInvalidKey for an invalid key.
+	Get(ctx context.Context, key string) (KeyValue, int64, error)
+	// List returns every key with the given prefix, sorted by key, all read
+	// at one revision, which it returns. An empty prefix lists the root.
+	List(ctx context.Context, prefix string) ([]KeyValue, int64, error)
+	// Txn applies t atomically. Errors: ErrTxnTooLarge, ErrInvalidTxn,
+	// ErrInvalidKey, ErrLeaseNotFound (nothing written); ErrUnknownOutcome
+	// when the write may or may not have applied.
+	Txn(ctx context.Context, t Txn) (TxnResponse, error)
+	// MaxTxnOps is the largest number of entries in any one of a Txn's If,
+	// Then and Else lists. Callers batch under it.
+	MaxTxnOps() int
+}
+
+// Watcher watches a prefix.
+type Watcher interface {
+	// Watch delivers the events on keys with prefix from fromRev on; see
+	// the package doc for ordering, duplicates, termination and cancel. The
+	// channel is closed when ctx is done; a terminal error (ErrCompacted
+	// with a *CompactedError, ErrClosed, ErrInvalidKey) comes as a last
+	// response before the close.
+	Watch(ctx context.Context, prefix string, fromRev int64) WatchChan
+}
+
+// Leaser manages leases.
+type Leaser interface {
+	// Grant creates a lease whose TTL is at least ttl. ErrInvalidTTL for
+	// ttl <= 0.
+	Grant(ctx context.Context, ttl time.Duration) (LeaseID, error)
+	// KeepAliveOnce renews the lease to its full TTL and returns that TTL.
+	// ErrLeaseNotFound when the lease is gone.
+	KeepAliveOnce(ctx context.Context, id LeaseID) (time.Duration, error)
+	// Revoke deletes the lease and, in one revision, every key attached to
+	// it. ErrLeaseNotFound when the lease is gone.
+	Revoke(ctx context.Context, id LeaseID) error
+	// TimeToLive returns the time left before the lease expires.
+	// ErrLeaseNotFound when the lease is gone.
+	TimeToLive(ctx context.Context, id LeaseID) (time.Duration, error)
+}
+
+// Compactor discards history at or below a revision. Watches and reads
+// that need it afterwards fail with ErrCompacted.
+type Compactor interface {
+	// Compact discards history up to and including rev. ErrFutureRev when
+	// rev is above the current revision; compacting at or below the current
+	// compact revision fails with a *CompactedError.
+	Compact(ctx context.Context, rev int64) error
+}
+
+// Backend is everything chanwatch needs from a store.
+type Backend interface {
+	KV
+	Watcher
+	Leaser
+	Compactor
+	// Close releases the backend's resources; calls after Close fail with
+	// ErrClosed and open watches end with ErrClosed. It does not close a
+	// client the caller passed in.
+	Close() error
+}
+
+// Put writes key=value in a one-op Txn and returns its revision.
+func Put(ctx context.Context, k KV, key string, value []byte) (int64, error) {
+	r, err := k.Txn(ctx, Txn{Then: []Op{OpPut(key, value)}})
+	return r.Revision, err
+}
+
+// Delete deletes key in a one-op Txn and returns the revision after it and
+// whether a key was removed.
+func Delete(ctx context.Context, k KV, key string) (int64, bool, error) {
+	r, err := k.Txn(ctx, Txn{Then: []Op{OpDelete(key)}})
+	if err != nil {
+		return 0, false, err
+	}
+	return r.Revision, len(r.Responses) == 1 && r.Responses[0].Deleted == 1, nil
+}
+
+// ValidateTxn checks a Txn against the contract's static rules (key
+// validity, branch sizes, one write per key per branch) so that every
+// backend rejects the same requests with the same errors before touching
+// its engine.
+func ValidateTxn(t Txn, maxOps int) error {
+	if len(t.If) > maxOps || len(t.Then) > maxOps || len(t.Else) > maxOps {
+		return wrapf(ErrTxnTooLarge, "if=%d then=%d else=%d, max %d", len(t.If), len(t.Then), len(t.Else), maxOps)
+	}
+	for _, c := range t.If {
+		if err := ValidateKey(c.Key); err != nil {
+			return err
+		}
+		if c.Target < TargetValue || c.Target > TargetModRevision || c.Result < Equal || c.Result > Greater {
+			return wrapf(ErrInvalidTxn, "malformed compare %v", c)
+		}
+	}
+	for _, branch := range [][]Op{t.Then, t.Else} {
+		var seen map[string]struct{}
+		for _, o := range branch {
+			if err := ValidateKey(o.Key); err != nil {
+				return err
+			}
+			if o.Type < OpTypePut || o.Type > OpTypeGet {
+				return wrapf(ErrInvalidTxn, "unknown op type %v on %q", o.Type, o.Key)
+			}
+			if !o.IsWrite() {
+				continue
+			}
+			if seen == nil {
+				seen = make(map[string]struct{}, len(branch))
+			}
+			if _, dup := seen[o.Key]; dup {
+				return wrapf(ErrInvalidTxn, "key %q written twice in one branch", o.Key)
+			}
+			seen[o.Key] = struct{}{}
+		}
+	}
+	return nil
+}
