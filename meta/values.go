@@ -1,0 +1,208 @@
+package meta
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// SchemaVersion is the version written in every value ("v").
+const SchemaVersion = 1
+
+// ChannelSpec is a registered channel: registry/<channel>. It is desired
+// state, written once (create-only) and deleted on deregistration.
+type ChannelSpec struct {
+	Name         string `json:"name"`
+	CollectionID int64  `json:"collection_id"`
+	// Vchannel is opaque to chanwatch: the VchannelInfo a node needs to
+	// restore the channel (seek position, segment IDs), as JSON.
+	Vchannel json.RawMessage `json:"vchannel,omitempty"`
+}
+
+// Validate checks the spec's name.
+func (s ChannelSpec) Validate() error { return ValidateChannel(s.Name) }
+
+// ChannelInfo is the MEP's assignment value: channel/<nodeID>/<channel> or
+// channel/remaining/<channel>.
+type ChannelInfo struct {
+	Name         string `json:"name"`
+	CollectionID int64  `json:"collection_id"`
+	State        State  `json:"state"`
+	// StartTime is when the current attempt (watch or release) began.
+	StartTime time.Time `json:"start_time"`
+	// AssignRevision is the fencing token: the revision at which this
+	// assignment was written as ToWatch. The coordinator writes 0; the node
+	// fills it from the ToWatch key's mod revision when it reports, and it
+	// is what the handler gets. Tokens of one channel only grow.
+	AssignRevision int64 `json:"assign_rev,omitempty"`
+	// Attempts counts placements of this channel that failed or timed out.
+	Attempts int `json:"attempts,omitempty"`
+	// LastError is the last failure reported or detected, for operators.
+	LastError string `json:"last_error,omitempty"`
+	// Progress is bumped by the node while a long Watch runs; any change
+	// re-arms the coordinator's timeout.
+	Progress int64 `json:"progress,omitempty"`
+	// FailedNode is the node whose attempt last failed or timed out, so the
+	// next placement avoids it while another node exists.
+	FailedNode int64 `json:"failed_node,omitempty"`
+	// Vchannel is copied from the ChannelSpec.
+	Vchannel json.RawMessage `json:"vchannel,omitempty"`
+}
+
+// Validate checks name and state.
+func (c ChannelInfo) Validate() error {
+	if err := ValidateChannel(c.Name); err != nil {
+		return err
+	}
+	if !c.State.Valid() {
+		return fmt.Errorf("%w: channel %q has state %v", ErrCorruptValue, c.Name, c.State)
+	}
+	return nil
+}
+
+// NodeState is a node session's state.
+type NodeState string
+
+// Node states.
+const (
+	NodeServing  NodeState = "serving"
+	NodeStopping NodeState = "stopping"
+)
+
+// NodeSession is session/node/<id>, attached to the node's lease.
+type NodeSession struct {
+	ID        int64     `json:"id"`
+	Addr      string    `json:"addr,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	StartTime time.Time `json:"start_time"`
+	State     NodeState `json:"state"`
+	// TTL is the session lease's TTL: how long after losing contact the
+	// node has certainly stopped every channel (its self-fence deadline).
+	TTL time.Duration `json:"ttl"`
+}
+
+// CoordSession is session/coord, attached to the leader's lease.
+type CoordSession struct {
+	ID        string    `json:"id"`
+	Addr      string    `json:"addr,omitempty"`
+	StartTime time.Time `json:"start_time"`
+}
+
+// encode writes v as a JSON object with the schema version first.
+func encode(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < 2 || b[0] != '{' {
+		return nil, fmt.Errorf("meta: %T does not encode as an object", v)
+	}
+	out := make([]byte, 0, len(b)+8)
+	out = append(out, `{"v":`...)
+	out = strconv.AppendInt(out, SchemaVersion, 10)
+	if len(b) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, b[1:]...), nil
+}
+
+// decode checks the schema version and decodes b into v.
+func decode(key string, b []byte, v any) error {
+	if len(b) == 0 {
+		return fmt.Errorf("%w: %s: empty value", ErrCorruptValue, key)
+	}
+	var env struct {
+		V *int `json:"v"`
+	}
+	if err := json.Unmarshal(b, &env); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if env.V == nil {
+		return fmt.Errorf("%w: %s: no schema version", ErrCorruptValue, key)
+	}
+	if *env.V != SchemaVersion {
+		return fmt.Errorf("%w: %s: schema version %d, want %d", ErrCorruptValue, key, *env.V, SchemaVersion)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	return nil
+}
+
+// EncodeChannelSpec encodes a spec after validating it.
+func EncodeChannelSpec(s ChannelSpec) ([]byte, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return encode(&s)
+}
+
+// DecodeChannelSpec decodes the value of key (used in errors).
+func DecodeChannelSpec(key string, b []byte) (ChannelSpec, error) {
+	var s ChannelSpec
+	if err := decode(key, b, &s); err != nil {
+		return ChannelSpec{}, err
+	}
+	if err := s.Validate(); err != nil {
+		return ChannelSpec{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	return s, nil
+}
+
+// EncodeChannelInfo encodes an assignment after validating it.
+func EncodeChannelInfo(c ChannelInfo) ([]byte, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return encode(&c)
+}
+
+// DecodeChannelInfo decodes the value of key (used in errors). A value
+// whose name disagrees with the key's channel segment is corrupt.
+func DecodeChannelInfo(key string, b []byte) (ChannelInfo, error) {
+	var c ChannelInfo
+	if err := decode(key, b, &c); err != nil {
+		return ChannelInfo{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return ChannelInfo{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if _, ch, err := ParseChannelKey(key); err == nil && ch != c.Name {
+		return ChannelInfo{}, fmt.Errorf("%w: %s: value names channel %q", ErrCorruptValue, key, c.Name)
+	}
+	return c, nil
+}
+
+// EncodeNodeSession encodes a node session.
+func EncodeNodeSession(s NodeSession) ([]byte, error) {
+	if err := ValidateNodeID(s.ID); err != nil {
+		return nil, err
+	}
+	return encode(&s)
+}
+
+// DecodeNodeSession decodes the value of key (used in errors).
+func DecodeNodeSession(key string, b []byte) (NodeSession, error) {
+	var s NodeSession
+	if err := decode(key, b, &s); err != nil {
+		return NodeSession{}, err
+	}
+	if err := ValidateNodeID(s.ID); err != nil {
+		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if s.State != NodeServing && s.State != NodeStopping {
+		return NodeSession{}, fmt.Errorf("%w: %s: unknown node state %q", ErrCorruptValue, key, s.State)
+	}
+	return s, nil
+}
+
+// EncodeCoordSession encodes the leader key's value.
+func EncodeCoordSession(s CoordSession) ([]byte, error) { return encode(&s) }
+
+// DecodeCoordSession decodes the leader key's value.
+func DecodeCoordSession(key string, b []byte) (CoordSession, error) {
+	var s CoordSession
+	err := decode(key, b, &s)
+	return s, err
+}
