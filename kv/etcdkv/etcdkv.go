@@ -1,0 +1,137 @@
+package etcdkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/chanwatch/chanwatch/kv"
+)
+
+// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+const DefaultMaxTxnOps = 128
+
+// DefaultListPageSize is how many keys List reads per request.
+const DefaultListPageSize = 1000
+
+type options struct {
+	maxTxnOps int
+	pageSize  int
+	logger    *zap.Logger
+}
+
+// Option configures New.
+type Option func(*options)
+
+// WithMaxTxnOps sets the largest Txn branch the KV accepts (default 128). It
+// must not exceed the server's --max-txn-ops, or large Txns that pass local
+// validation are rejected by the server (still with kv.ErrTxnTooLarge).
+func WithMaxTxnOps(n int) Option { return func(o *options) { o.maxTxnOps = n } }
+
+// WithListPageSize sets how many keys List reads per request (default 1000).
+// Smaller pages keep each response small; List still returns one revision.
+func WithListPageSize(n int) Option { return func(o *options) { o.pageSize = n } }
+
+// WithLogger sets the logger (default zap.NewNop()).
+func WithLogger(lg *zap.Logger) Option { return func(o *options) { o.logger = lg } }
+
+// KV is a kv.Backend on an etcd cluster, confined to one root. Its methods
+// are safe for concurrent use.
+type KV struct {
+	cli       *clientv3.Client
+	prefix    string // root + "/"
+	maxTxnOps int
+	pageSize  int
+	logger    *zap.Logger
+
+	// closed is cancelled by Close; every call and watch derives from it.
+	closed context.Context
+	close  context.CancelFunc
+}
+
+var _ kv.Backend = (*KV)(nil)
+
+// New returns a KV on cli whose keys live under root+"/". root must be
+// non-empty once trailing '/' are trimmed. The KV does not own cli: Close
+// leaves it open, and the caller must keep it open while the KV is in use.
+func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
+	o := options{maxTxnOps: DefaultMaxTxnOps, pageSize: DefaultListPageSize, logger: zap.NewNop()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if cli == nil {
+		return nil, errors.New("etcdkv: nil client")
+	}
+	root = strings.TrimRight(root, "/")
+	if root == "" {
+		return nil, fmt.Errorf("etcdkv: %w: empty root", kv.ErrInvalidKey)
+	}
+	if o.maxTxnOps <= 0 {
+		return nil, fmt.Errorf("etcdkv: max txn ops %d must be > 0", o.maxTxnOps)
+	}
+	if o.pageSize <= 0 {
+		return nil, fmt.Errorf("etcdkv: list page size %d must be > 0", o.pageSize)
+	}
+	if o.logger == nil {
+		return nil, errors.New("etcdkv: nil logger")
+	}
+	closed, closeFn := context.WithCancel(context.Background())
+	return &KV{
+		cli:       cli,
+		prefix:    root + "/",
+		maxTxnOps: o.maxTxnOps,
+		pageSize:  o.pageSize,
+		logger:    o.logger.With(zap.String("root", root)),
+		closed:    closed,
+		close:     closeFn,
+	}, nil
+}
+
+// MaxTxnOps returns the configured largest Txn branch (WithMaxTxnOps).
+func (k *KV) MaxTxnOps() int { return k.maxTxnOps }
+
+// Close ends this KV: calls in flight and later fail with kv.ErrClosed, and
+// open watches end with a final kv.ErrClosed response. It does not close the
+// client. Close is idempotent and always returns nil.
+func (k *KV) Close() error {
+	k.close()
+	return nil
+}
+
+// full returns the etcd key for a key or prefix relative to the root.
+func (k *KV) full(key string) string { return k.prefix + key }
+
+// keyValue converts an etcd key-value to the contract's, relative to the root.
+func (k *KV) keyValue(ekv *mvccpb.KeyValue) kv.KeyValue {
+	return kv.KeyValue{
+		Key:            strings.TrimPrefix(string(ekv.Key), k.prefix),
+		Value:          ekv.Value,
+		CreateRevision: ekv.CreateRevision,
+		ModRevision:    ekv.ModRevision,
+		Version:        ekv.Version,
+		Lease:          kv.LeaseID(ekv.Lease),
+	}
+}
+
+// call runs one request with a context that also ends when the KV closes,
+// and converts its error. write marks requests that change state, whose
+// outcome is unknown when they fail after being sent.
+func (k *KV) call(ctx context.Context, write bool, fn func(ctx context.Context) error) error {
+	if k.closed.Err() != nil {
+		return errClosed
+	}
+	if err := ctx.Err(); err != nil {
+		// Nothing was sent, so the outcome is known: not applied.
+		return fmt.Errorf("etcdkv: %w", err)
+	}
+	opCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(k.closed, func() { cancel(kv.ErrClosed) })
+	defer stop()
+	return k.convertError(opCtx, fn(opCtx), write)
+}
