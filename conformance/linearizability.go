@@ -1,0 +1,95 @@
+package conformance
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// registerModel is the sequential specification the linearizability check
+// holds a history to: every key is an independent register with put, get
+// and compare-and-swap on the value. A missing key is the empty string; the
+// histories never write the empty string, so the two cannot be confused.
+// Every call in a checked history succeeded (the scenario fails on any
+// error), so the model has no unknown outcomes.
+
+type regOpKind int
+
+const (
+	regPut regOpKind = iota + 1
+	regGet
+	regCAS
+)
+
+// regInput is one call.
+type regInput struct {
+	Kind regOpKind
+	Key  string
+	// Value is written by put and by a successful cas.
+	Value string
+	// Expect is the value a cas compares against.
+	Expect string
+}
+
+// regOutput is what the call returned.
+type regOutput struct {
+	// Value is what a get, or a failed cas's Else get, read ("" when
+	// missing).
+	Value string
+	// Swapped reports whether a cas's compare held.
+	Swapped bool
+}
+
+var registerModel = porcupine.Model{
+	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		for _, op := range history {
+			k := op.Input.(regInput).Key
+			byKey[k] = append(byKey[k], op)
+		}
+		keys := make([]string, 0, len(byKey))
+		for k := range byKey {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		out := make([][]porcupine.Operation, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, byKey[k])
+		}
+		return out
+	},
+	Init: func() any { return "" },
+	Step: func(state, input, output any) (bool, any) {
+		st, in, out := state.(string), input.(regInput), output.(regOutput)
+		switch in.Kind {
+		case regPut:
+			return true, in.Value
+		case regGet:
+			return out.Value == st, st
+		case regCAS:
+			holds := st == in.Expect
+			if out.Swapped != holds {
+				return false, st
+			}
+			if holds {
+				return true, in.Value
+			}
+			// A failed cas read the value in its Else branch, atomically.
+			return out.Value == st, st
+		}
+		return false, st
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(regInput), output.(regOutput)
+		switch in.Kind {
+		case regPut:
+			return fmt.Sprintf("put(%s, %q)", in.Key, in.Value)
+		case regGet:
+			return fmt.Sprintf("get(%s) -> %q", in.Key, out.Value)
+		case regCAS:
+			return fmt.Sprintf("cas(%s, %q -> %q) -> %v", in.Key, in.Expect, in.Value, out.Swapped)
+		}
+		return "?"
+	},
+}
