@@ -1,0 +1,34 @@
+// Package raftkv is chanwatch's embedded, replicated kv.Backend: a cluster
+// of Nodes on github.com/hashicorp/raft (TCP transport, raft-boltdb/v2 log
+// and stable store, file snapshots) whose replicated state machine is the
+// same memkv.Store that memkv serves, so both backends share one MVCC
+// implementation and one set of semantics.
+//
+// Every Node serves the whole kv.Backend contract. Writes (Txn with a write,
+// Grant, Revoke, Compact) go through the log: a follower forwards them to
+// the leader over the node's own port (raft traffic and forwarded requests
+// share one listener). The revision is the store's counter, one per write
+// txn, not the raft index. Reads are linearizable by read index: the leader
+// confirms its leadership (VerifyLeader) after reading its commit index,
+// once an entry of its own term has applied; a follower asks the leader for
+// that index; either node then waits until its own store has applied it and
+// reads locally. Watches are served by each node's own store, so a watcher
+// on a follower sees the events of the leader in the same revisions.
+//
+// Leases: IDs are the log index of the grant; deadlines live only in the
+// leader's memory, on its clock (WithClock); keep-alives go to the leader
+// and are not logged; expiry is proposed through the log by a leader that
+// has verified its leadership; a new leader gives every lease a full TTL
+// from its takeover, as etcd does.
+//
+// Errors: a write proposed but not known to have applied (leadership lost,
+// context done, node closed) wraps kv.ErrUnknownOutcome; no leader within
+// WithRequestTimeout is kv.ErrUnavailable; Close makes later calls and open
+// watches fail with kv.ErrClosed.
+//
+// raftkv must not: serve a read from a replica that has not caught up with
+// the leader's verified commit index; let any replica expire a lease on its
+// own clock; or keep a second copy of the MVCC logic (it belongs to
+// memkv.Store). It does not authenticate or encrypt traffic between nodes:
+// run it on a trusted network.
+package raftkv
