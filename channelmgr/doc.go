@@ -1,0 +1,48 @@
+// Package channelmgr is the coordinator side of MEP 7 (DataCoord's part of
+// "Watch & Release channel via etcd") and the registry API.
+//
+// The registry API (Register, Deregister, Owner, Channels, Remaining,
+// PauseBalance, ResumeBalance) works from any process holding a kv.KV: it
+// writes desired state under registry/ and control/, or reads assignments
+// under channel/. It needs no leader.
+//
+// A Coordinator campaigns for leadership (session.Campaign) and, while it
+// leads, drives every registered channel onto exactly one live node. It
+// lists the whole root once, watches it from the list revision on, and folds
+// the events into an in-memory view owned by one goroutine that makes every
+// decision. Decisions become batched txns that carry the leader guard (so a
+// deposed coordinator's writes fail) and compare the mod revision of every
+// key they rewrite or delete (or that a key they create is missing). After a
+// write, the coordinator does not act on the channels it touched until its
+// watch has delivered the write, so it never decides on a stale view of its
+// own writes.
+//
+// The rules, in order of importance:
+//   - A channel leaves a live node only after that node answered Released:
+//     the coordinator marks it ToRelease, waits for Released, then deletes
+//     the old key and puts ToWatch on the new node in one txn. It never
+//     reassigns away from a live node by force.
+//   - A live node that does not release in time (ReleaseTimeout, or
+//     ReleaseFailure) is evicted: its session lease is revoked and its
+//     channels are treated as a dead node's only one node TTL later, when
+//     the node has certainly fenced itself.
+//   - A dead node's channels move in txns (delete old + put ToWatch on the
+//     policy's node, or into channel/remaining/ when no node serves).
+//   - A ToWatch that shows no change for WatchTimeout, or a WatchFailure, is
+//     released, then placed again after a backoff, avoiding the failed node
+//     while another exists.
+//   - Balancing (a Policy's balance step, at most MaxMovesInFlight moves at
+//     once) can be paused with PauseBalance; failover never pauses.
+//
+// Intent that must survive a coordinator restart lives in the ChannelInfo
+// values (state, FailedNode, Attempts); everything in memory (timeouts,
+// backoffs, move targets, eviction deadlines) is rebuilt conservatively by
+// the next leader: a timeout restarts from when the new leader first sees
+// the key, and channels of nodes that are already gone wait one node TTL
+// after the new leader takes over, in case the old one had just evicted
+// them.
+//
+// channelmgr must not import a backend, format keys itself (package meta
+// does), or write anything without the leader guard while coordinating. It
+// does not run channels: that is package nodewatch's job.
+package channelmgr

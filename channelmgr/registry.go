@@ -1,0 +1,167 @@
+package channelmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+)
+
+// Errors of the registry API.
+var (
+	// ErrAlreadyRegistered: Register found the channel already registered.
+	ErrAlreadyRegistered = errors.New("channelmgr: channel already registered")
+	// ErrNotRegistered: Deregister found no such registered channel.
+	ErrNotRegistered = errors.New("channelmgr: channel not registered")
+	// ErrNotAssigned: Owner found no assignment key for the channel (it is
+	// not registered, or the coordinator has not placed it yet).
+	ErrNotAssigned = errors.New("channelmgr: channel not assigned")
+	// ErrInvalidOption: New was given an invalid option value.
+	ErrInvalidOption = errors.New("channelmgr: invalid option")
+)
+
+// Register records spec under registry/<spec.Name>, create-only: a channel
+// is registered once. The leading coordinator then places it on a node.
+// Errors: meta.ErrInvalidChannel for a bad name, ErrAlreadyRegistered, or
+// the backend's error (kv.ErrUnknownOutcome: retry; a retry that then
+// returns ErrAlreadyRegistered may have been registered by the first call).
+func Register(ctx context.Context, b kv.KV, spec meta.ChannelSpec) error {
+	val, err := meta.EncodeChannelSpec(spec)
+	if err != nil {
+		return fmt.Errorf("channelmgr: register: %w", err)
+	}
+	key := meta.RegistryKey(spec.Name)
+	resp, err := b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpMissing(key)},
+		Then: []kv.Op{kv.OpPut(key, val)},
+	})
+	if err != nil {
+		return fmt.Errorf("channelmgr: register %q: %w", spec.Name, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w: %q", ErrAlreadyRegistered, spec.Name)
+	}
+	return nil
+}
+
+// Deregister deletes registry/<channel>. The leading coordinator then
+// releases the channel from its node (ToRelease, wait Released) and deletes
+// its assignment key; Deregister does not wait for that. Errors:
+// meta.ErrInvalidChannel, ErrNotRegistered, or the backend's error.
+func Deregister(ctx context.Context, b kv.KV, channel string) error {
+	if err := meta.ValidateChannel(channel); err != nil {
+		return fmt.Errorf("channelmgr: deregister: %w", err)
+	}
+	key := meta.RegistryKey(channel)
+	resp, err := b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpExists(key)},
+		Then: []kv.Op{kv.OpDelete(key)},
+	})
+	if err != nil {
+		return fmt.Errorf("channelmgr: deregister %q: %w", channel, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w: %q", ErrNotRegistered, channel)
+	}
+	return nil
+}
+
+// Owner returns the node that holds channel's assignment key and its
+// ChannelInfo; node 0 means the channel waits in channel/remaining/ (no live
+// node). The state tells whether the node runs it yet (Watched). It lists
+// every assignment (channel/) to find the key, so it is an operator's call,
+// not a hot-path one. Errors: meta.ErrInvalidChannel, ErrNotAssigned,
+// meta.ErrCorruptValue (the key exists but does not decode), or the
+// backend's error.
+func Owner(ctx context.Context, b kv.KV, channel string) (int64, meta.ChannelInfo, error) {
+	if err := meta.ValidateChannel(channel); err != nil {
+		return 0, meta.ChannelInfo{}, fmt.Errorf("channelmgr: owner: %w", err)
+	}
+	kvs, _, err := b.List(ctx, meta.ChannelPrefix)
+	if err != nil {
+		return 0, meta.ChannelInfo{}, fmt.Errorf("channelmgr: owner %q: %w", channel, err)
+	}
+	for _, e := range kvs {
+		node, ch, perr := meta.ParseChannelKey(e.Key)
+		if perr != nil || ch != channel {
+			continue
+		}
+		info, derr := meta.DecodeChannelInfo(e.Key, e.Value)
+		if derr != nil {
+			return node, meta.ChannelInfo{}, fmt.Errorf("channelmgr: owner %q: %w", channel, derr)
+		}
+		return node, info, nil
+	}
+	return 0, meta.ChannelInfo{}, fmt.Errorf("%w: %q", ErrNotAssigned, channel)
+}
+
+// Channels returns the assignments of node nodeID (channel/<nodeID>/), sorted
+// by channel name. Values that do not decode are left out and reported in
+// the error (wrapping meta.ErrCorruptValue) while the slice still holds every
+// value that decoded. Errors: meta.ErrInvalidNodeID, or the backend's error.
+func Channels(ctx context.Context, b kv.KV, nodeID int64) ([]meta.ChannelInfo, error) {
+	if err := meta.ValidateNodeID(nodeID); err != nil {
+		return nil, fmt.Errorf("channelmgr: channels: %w", err)
+	}
+	return listInfos(ctx, b, meta.NodePrefix(nodeID))
+}
+
+// Remaining returns the channels waiting in channel/remaining/ for a live
+// node, sorted by name, with the same corrupt-value rule as Channels.
+func Remaining(ctx context.Context, b kv.KV) ([]meta.ChannelInfo, error) {
+	return listInfos(ctx, b, meta.RemainingPrefix)
+}
+
+func listInfos(ctx context.Context, b kv.KV, prefix string) ([]meta.ChannelInfo, error) {
+	kvs, _, err := b.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("channelmgr: list %s: %w", prefix, err)
+	}
+	out := make([]meta.ChannelInfo, 0, len(kvs))
+	var errs []error
+	for _, e := range kvs {
+		if _, _, perr := meta.ParseChannelKey(e.Key); perr != nil {
+			errs = append(errs, perr)
+			continue
+		}
+		info, derr := meta.DecodeChannelInfo(e.Key, e.Value)
+		if derr != nil {
+			errs = append(errs, derr)
+			continue
+		}
+		out = append(out, info)
+	}
+	return out, errors.Join(errs...)
+}
+
+// PauseBalance creates control/balance-paused: the coordinator stops
+// starting balance moves (moves already started finish). Failover,
+// draining, placement of new channels and timeouts go on. Idempotent.
+func PauseBalance(ctx context.Context, b kv.KV) error {
+	if _, err := kv.Put(ctx, b, meta.BalancePausedKey, nil); err != nil {
+		return fmt.Errorf("channelmgr: pause balance: %w", err)
+	}
+	return nil
+}
+
+// ResumeBalance deletes control/balance-paused. Idempotent.
+func ResumeBalance(ctx context.Context, b kv.KV) error {
+	if _, _, err := kv.Delete(ctx, b, meta.BalancePausedKey); err != nil {
+		return fmt.Errorf("channelmgr: resume balance: %w", err)
+	}
+	return nil
+}
+
+// BalancePaused reports whether control/balance-paused exists.
+func BalancePaused(ctx context.Context, b kv.KV) (bool, error) {
+	_, _, err := b.Get(ctx, meta.BalancePausedKey)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, kv.ErrKeyNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("channelmgr: balance paused: %w", err)
+}
