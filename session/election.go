@@ -1,0 +1,338 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+)
+
+// Watch retry backoff after a broken watch (not after a compaction, which
+// is answered by a read at once).
+const (
+	minWatchRetry = 50 * time.Millisecond
+	maxWatchRetry = time.Second
+)
+
+// Leadership is a won election: while it lasts, the holder is the only
+// coordinator, and Guard fences every write it makes.
+type Leadership struct {
+	b     kv.Backend
+	s     *Session
+	token int64
+	log   *zap.Logger
+
+	done     chan struct{}
+	stopOnce sync.Once
+	stop     chan struct{} // closed by Resign
+	loopDone chan struct{}
+}
+
+// Campaign makes s's owner the coordinator, as etcd's concurrency.Election
+// does, in one round trip per attempt:
+//
+//	If(CreateRevision(meta.CoordinatorKey) == 0).Then(Put(key, val, s.Lease())).Else(Get(key))
+//
+// If the key exists on s's own lease (an earlier attempt that returned an
+// ambiguous error landed) the caller leads. Otherwise Campaign watches the
+// key until it is deleted and tries again. It returns when the caller leads;
+// with an error wrapping ctx.Err() when ctx is done; with ErrSessionDone
+// when s ends (it never waits on a dead session); or with the backend's
+// error when a call fails (Campaign is idempotent: call it again).
+func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSession) (*Leadership, error) {
+	v, err := meta.EncodeCoordSession(val)
+	if err != nil {
+		return nil, err
+	}
+	key := meta.CoordinatorKey
+	for {
+		if err := sessionDone(s); err != nil {
+			return nil, err
+		}
+		resp, err := b.Txn(ctx, kv.Txn{
+			If:   []kv.Cmp{kv.CmpMissing(key)},
+			Then: []kv.Op{kv.OpPutLease(key, v, s.Lease())},
+			Else: []kv.Op{kv.OpGet(key)},
+		})
+		if err != nil {
+			if errors.Is(err, kv.ErrLeaseNotFound) {
+				return nil, fmt.Errorf("%w: campaign: %w", ErrSessionDone, err)
+			}
+			if derr := sessionDone(s); derr != nil {
+				return nil, derr
+			}
+			return nil, fmt.Errorf("session: campaign: %w", err)
+		}
+		var token int64
+		if resp.Succeeded {
+			token = resp.Revision
+		} else {
+			cur := resp.Responses[0].KV
+			if cur == nil {
+				continue // the compare saw the key, so this cannot happen; re-read
+			}
+			if cur.Lease != s.Lease() {
+				s.log.Debug("campaign: waiting for leader to go", zap.Int64("leader_token", cur.CreateRevision))
+				if err := waitGone(ctx, b, s, key, cur.CreateRevision, resp.Revision+1); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			token = cur.CreateRevision
+		}
+		l := &Leadership{
+			b:        b,
+			s:        s,
+			token:    token,
+			log:      s.log.With(zap.Int64("token", token)),
+			done:     make(chan struct{}),
+			stop:     make(chan struct{}),
+			loopDone: make(chan struct{}),
+		}
+		go l.monitor(resp.Revision + 1)
+		l.log.Info("elected coordinator")
+		return l, nil
+	}
+}
+
+func sessionDone(s *Session) error {
+	select {
+	case <-s.Done():
+		return fmt.Errorf("%w: %w", ErrSessionDone, s.Err())
+	default:
+		return nil
+	}
+}
+
+// waitGone watches key from rev until the leader key with create revision
+// leaderRev is deleted or replaced (nil), ctx is done, or s ends.
+func waitGone(ctx context.Context, b kv.Backend, s *Session, key string, leaderRev, rev int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var retry backoff
+	for {
+		wch := b.Watch(wctx, key, rev)
+	recv:
+		for {
+			select {
+			case <-s.Done():
+				return fmt.Errorf("%w: %w", ErrSessionDone, s.Err())
+			case <-ctx.Done():
+				return fmt.Errorf("session: campaign: %w", ctx.Err())
+			case resp, ok := <-wch:
+				if !ok {
+					break recv
+				}
+				if resp.Err != nil {
+					if errors.Is(resp.Err, kv.ErrCompacted) {
+						return nil // the caller's next Txn reads the key again
+					}
+					if errors.Is(resp.Err, kv.ErrClosed) {
+						return fmt.Errorf("session: campaign: %w", resp.Err)
+					}
+					break recv
+				}
+				retry.reset()
+				for _, e := range resp.Events {
+					rev = e.Revision() + 1
+					if e.KV.Key != key {
+						continue
+					}
+					if e.Type == kv.EventDelete || e.KV.CreateRevision != leaderRev {
+						return nil
+					}
+				}
+			}
+		}
+		if err := sleep(ctx, s.clock, retry.next(), s.Done()); err != nil {
+			if derr := sessionDone(s); derr != nil {
+				return derr
+			}
+			return fmt.Errorf("session: campaign: %w", err)
+		}
+	}
+}
+
+// Guard is the compare that fences a coordinator's writes:
+// CreateRevision(meta.CoordinatorKey) == Token. Append it to every write
+// txn; once the leader key is gone or replaced, the txn fails
+// (Succeeded == false) and writes nothing.
+func (l *Leadership) Guard() kv.Cmp {
+	return kv.CmpCreateRevision(meta.CoordinatorKey, kv.Equal, l.token)
+}
+
+// Token returns the create revision of the leader key: the coordinator's
+// fencing token. Tokens of successive leaders only grow.
+func (l *Leadership) Token() int64 { return l.token }
+
+// Done is closed when leadership ends: the session ended, the leader key
+// was deleted or replaced, or Resign returned. The holder must stop acting
+// at once; Guard keeps its late writes out.
+func (l *Leadership) Done() <-chan struct{} { return l.done }
+
+// Resign deletes the leader key if Guard still holds, so another candidate
+// takes over without waiting for the lease, and ends the leadership (Done is
+// closed when Resign returns, whatever the error). A failed delete leaves
+// the key to its lease.
+func (l *Leadership) Resign(ctx context.Context) error {
+	_, err := l.b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{l.Guard()},
+		Then: []kv.Op{kv.OpDelete(meta.CoordinatorKey)},
+	})
+	l.stopOnce.Do(func() { close(l.stop) })
+	<-l.loopDone
+	if err != nil {
+		return fmt.Errorf("session: resign: %w", err)
+	}
+	return nil
+}
+
+// monitor closes done when the session ends, Resign is called, or the
+// leader key stops being ours, watching it from rev.
+func (l *Leadership) monitor(rev int64) {
+	defer close(l.loopDone)
+	defer close(l.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var retry backoff
+	for {
+		lost, next, err := l.watchOnce(ctx, rev)
+		if lost != "" {
+			l.log.Info("leadership ended: " + lost)
+			return
+		}
+		if next > rev {
+			rev = next
+			retry.reset()
+		}
+		if err != nil {
+			l.log.Debug("leader watch broken; resuming", zap.Int64("from", rev), zap.Error(err))
+		}
+		if sleep(ctx, l.s.clock, retry.next(), l.stop, l.s.Done()) != nil {
+			return
+		}
+	}
+}
+
+// watchOnce watches the leader key from rev until it is lost (a reason is
+// returned) or the watch ends (the revision to resume from is returned).
+func (l *Leadership) watchOnce(ctx context.Context, rev int64) (lost string, next int64, err error) {
+	key := meta.CoordinatorKey
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := l.b.Watch(wctx, key, rev)
+	for {
+		select {
+		case <-l.s.Done():
+			return "session ended: " + fmt.Sprint(l.s.Err()), rev, nil
+		case <-l.stop:
+			return "resigned", rev, nil
+		case resp, ok := <-wch:
+			if !ok {
+				return "", rev, nil
+			}
+			if errors.Is(resp.Err, kv.ErrCompacted) {
+				// History is gone: ask the key itself.
+				cur, getRev, err := l.b.Get(ctx, key)
+				switch {
+				case errors.Is(err, kv.ErrKeyNotFound):
+					return "leader key gone", rev, nil
+				case err != nil:
+					return "", rev, err
+				case cur.CreateRevision != l.token:
+					return "leader key replaced", rev, nil
+				}
+				return "", getRev + 1, nil
+			}
+			if resp.Err != nil {
+				return "", rev, resp.Err
+			}
+			for _, e := range resp.Events {
+				rev = e.Revision() + 1
+				if e.KV.Key != key {
+					continue
+				}
+				if e.Type == kv.EventDelete || e.KV.CreateRevision != l.token {
+					return fmt.Sprintf("leader key deleted or replaced at revision %d", e.Revision()), rev, nil
+				}
+			}
+		}
+	}
+}
+
+// Leader returns the current coordinator's value and fencing token.
+// ErrNoLeader when nobody leads.
+func Leader(ctx context.Context, b kv.KV) (meta.CoordSession, int64, error) {
+	cur, _, err := b.Get(ctx, meta.CoordinatorKey)
+	if errors.Is(err, kv.ErrKeyNotFound) {
+		return meta.CoordSession{}, 0, ErrNoLeader
+	}
+	if err != nil {
+		return meta.CoordSession{}, 0, fmt.Errorf("session: read leader: %w", err)
+	}
+	v, err := meta.DecodeCoordSession(cur.Key, cur.Value)
+	if err != nil {
+		return meta.CoordSession{}, 0, err
+	}
+	return v, cur.CreateRevision, nil
+}
+
+// backoff spaces out retries of a broken watch: the first few retries are
+// immediate (a dropped connection is routine and resuming loses nothing),
+// then they back off, so a backend that keeps failing is not spun on.
+type backoff struct{ fails int }
+
+const immediateRetries = 3
+
+func (b *backoff) reset() { b.fails = 0 }
+
+func (b *backoff) next() time.Duration {
+	b.fails++
+	if b.fails <= immediateRetries {
+		return 0
+	}
+	d := minWatchRetry << min(b.fails-immediateRetries-1, 10)
+	return min(d, maxWatchRetry)
+}
+
+// sleep waits d on clock. It returns ctx's error when ctx is done, and
+// errStopped when a stop channel closes first.
+func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration, stop ...<-chan struct{}) error {
+	for _, ch := range stop {
+		select {
+		case <-ch:
+			return errStopped
+		default:
+		}
+	}
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := clock.NewTimer(d)
+	defer t.Stop()
+	var s0, s1 <-chan struct{}
+	if len(stop) > 0 {
+		s0 = stop[0]
+	}
+	if len(stop) > 1 {
+		s1 = stop[1]
+	}
+	select {
+	case <-t.Chan():
+		return nil
+	case <-s0:
+		return errStopped
+	case <-s1:
+		return errStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+var errStopped = errors.New("stopped")
