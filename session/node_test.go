@@ -189,10 +189,10 @@ func TestListNodesSkipsCorrupt(t *testing.T) {
 	}
 	good, _ := meta.EncodeNodeSession(meta.NodeSession{ID: 5, State: meta.NodeServing, TTL: time.Second})
 	for k, v := range map[string][]byte{
-		meta.NodeSessionPrefix + "x":  good,                 // bad key
-		meta.NodeSessionPrefix + "6":  good,                 // ID disagrees with the key
+		meta.NodeSessionPrefix + "x":  good,                // bad key
+		meta.NodeSessionPrefix + "6":  good,                // ID disagrees with the key
 		meta.NodeSessionPrefix + "7":  []byte("{not json"), // corrupt value
-		meta.NodeSessionPrefix + "08": good,                 // leading zero
+		meta.NodeSessionPrefix + "08": good,                // leading zero
 	} {
 		if _, err := kv.Put(ctx, store, k, v); err != nil {
 			t.Fatal(err)
