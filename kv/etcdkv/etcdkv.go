@@ -125,6 +125,10 @@ func (k *KV) call(ctx context.Context, write bool, fn func(ctx context.Context) 
 	if k.closed.Err() != nil {
 		return errClosed
 	}
+	if k.cli.Ctx().Err() != nil {
+		// clientv3 would retry for seconds on a closed connection.
+		return fmt.Errorf("etcdkv: %w: client closed", kv.ErrClosed)
+	}
 	if err := ctx.Err(); err != nil {
 		// Nothing was sent, so the outcome is known: not applied.
 		return fmt.Errorf("etcdkv: %w", err)

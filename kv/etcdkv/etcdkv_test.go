@@ -434,10 +434,25 @@ func TestStoppedServer(t *testing.T) {
 	_, err = k.KeepAliveOnce(ctx, 1)
 	isTrue(t, unreachable(err), "keep-alive: %v", err)
 
+	// Close interrupts a call that waits for the server.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := k.KeepAliveOnce(t.Context(), 1)
+		errc <- err
+	}()
+	noError(t, k.Close())
+	select {
+	case err := <-errc:
+		isError(t, err, kv.ErrClosed)
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not interrupt a pending call")
+	}
+
 	// A done context fails at once, before anything is sent.
 	done, cancelDone := context.WithCancel(t.Context())
 	cancelDone()
-	_, err = kv.Put(done, k, "k", nil)
+	k2 := newKVAt(t, c, testRoot(t))
+	_, err = kv.Put(done, k2, "k", nil)
 	isError(t, err, context.Canceled)
 	notError(t, err, kv.ErrUnknownOutcome)
 }
