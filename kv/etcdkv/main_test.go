@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,8 +52,13 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// testRoot is a root no other test uses.
-func testRoot(t testing.TB) string { return "etcdkv-test/" + strings.ReplaceAll(t.Name(), "/", "_") }
+// rootSeq makes roots unique per call, so -count=N reruns start empty.
+var rootSeq atomic.Int64
+
+// testRoot is a root no other test (or rerun) uses.
+func testRoot(t testing.TB) string {
+	return fmt.Sprintf("etcdkv-test/%d-%s", rootSeq.Add(1), strings.ReplaceAll(t.Name(), "/", "_"))
+}
 
 // newKV returns a KV on the shared client under the test's own root.
 func newKV(t testing.TB, opts ...etcdkv.Option) *etcdkv.KV {
