@@ -240,12 +240,19 @@ func (sh *shared) expiryLoop() {
 		var timer <-chan time.Time
 		var t interface{ Stop() bool }
 		if ok {
-			d := next.Sub(sh.clock.Now())
+			now := sh.clock.Now()
+			d := next.Sub(now)
 			if d <= 0 {
 				sh.expire()
 				continue
 			}
 			ct := sh.clock.NewTimer(d)
+			// A fake clock may have advanced between computing d and
+			// arming the timer, which would then fire late: re-arm.
+			if sh.clock.Since(now) > time.Millisecond {
+				ct.Stop()
+				continue
+			}
 			timer, t = ct.Chan(), ct
 		}
 		select {
