@@ -1,0 +1,711 @@
+package channelmgr
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+	"go.uber.org/zap"
+)
+
+// plan is one pass's decisions.
+type plan struct {
+	units     []*unit
+	byCh      map[string]*unit
+	place     []placement
+	evictions []eviction
+	loads     map[int64]*NodeLoad // serving nodes
+	movable   map[string]*keyEntry
+	pending   bool // some channel waits for our own write
+}
+
+// placement is a channel to put ToWatch on a node chosen in placeAll.
+type placement struct {
+	ch    string
+	reg   *regEntry
+	src   *keyEntry // the key it leaves (nil: none yet)
+	avoid int64
+	pref  int64 // balance target
+	dead  bool  // src is on a dead node
+}
+
+// eviction is a live node that did not release k in time.
+type eviction struct {
+	node int64
+	k    *keyEntry
+	why  string
+}
+
+// add merges u into the channel's unit: all ops of one channel go in one txn.
+func (p *plan) add(u *unit) {
+	if u == nil {
+		return
+	}
+	if prev := p.byCh[u.ch]; prev != nil {
+		prev.cmps = append(prev.cmps, u.cmps...)
+		prev.ops = append(prev.ops, u.ops...)
+		prev.done = append(prev.done, u.done...)
+		return
+	}
+	p.byCh[u.ch] = u
+	p.units = append(p.units, u)
+}
+
+// pass makes one round of decisions on the view and carries them out.
+func (r *reconciler) pass(ctx context.Context) error {
+	now := r.clock.Now()
+	if err := r.resend(ctx, now); err != nil {
+		return err
+	}
+	if err := r.revokeVanished(ctx, now); err != nil {
+		return err
+	}
+	p := r.decide(now)
+	for _, e := range p.evictions {
+		if err := r.evict(ctx, e); err != nil {
+			return err
+		}
+	}
+	if err := r.execute(ctx, p.units, now); err != nil {
+		return err
+	}
+	if r.c.onPass != nil {
+		r.c.onPass(now)
+	}
+	return nil
+}
+
+// live reports whether node id has a session key we have not revoked.
+func (r *reconciler) live(id int64) (*nodeEntry, bool) {
+	ne := r.v.nodes[id]
+	if ne == nil || !r.node(id).evicted.IsZero() {
+		return nil, false
+	}
+	return ne, true
+}
+
+func (r *reconciler) nodeTTL(id int64) time.Duration {
+	if t := r.node(id).ttl; t > 0 {
+		return t
+	}
+	return r.cfg.nodeTTL
+}
+
+// movableAt is when the channels of gone node id may go elsewhere: one TTL
+// after we evicted it, and never before one node TTL into our term (our
+// predecessor may have evicted it just before we took over).
+func (r *reconciler) movableAt(id int64) time.Time {
+	nrt := r.node(id)
+	if nrt.revokeLease != kv.NoLease {
+		return time.Time{}.Add(1<<63 - 1) // not known yet: revoke first
+	}
+	t := r.start.Add(max(r.cfg.nodeTTL, r.nodeTTL(id)))
+	if nrt.fenceUntil.After(t) {
+		t = nrt.fenceUntil
+	}
+	return t
+}
+
+func (rt *chanRT) pending(rev int64, now time.Time) bool {
+	if rt.uncertain {
+		return true
+	}
+	return rt.pendingRev > rev && now.Before(rt.pendingUntil)
+}
+
+// timedOut arms a timeout for key k at its current mod revision (any write,
+// such as a Progress bump, re-arms it) and reports whether it expired.
+// Nothing times out while the watch is down: an answer may be unseen.
+func (r *reconciler) timedOut(k *keyEntry, d time.Duration, now time.Time) bool {
+	rt := r.ch(k.ch)
+	if rt.armedRev != k.modRev {
+		rt.armedRev, rt.deadline = k.modRev, now.Add(d)
+		return false
+	}
+	return r.watchOK && !now.Before(rt.deadline)
+}
+
+// rank orders a channel's keys when it has more than one (never made by
+// chanwatch, but repaired): the lowest rank stays, the rest are released.
+func (r *reconciler) rank(k *keyEntry) int {
+	_, live := r.live(k.node)
+	switch {
+	case k.node != 0 && live && !k.corrupt && k.info.State == meta.Watched:
+		return 0
+	case k.node != 0 && live && !k.corrupt:
+		return 1
+	case k.node != 0 && live:
+		return 2
+	case k.node != 0 && !k.corrupt:
+		return 3
+	case !k.corrupt:
+		return 4
+	}
+	return 5
+}
+
+func (r *reconciler) pickPrimary(keys map[string]*keyEntry) (*keyEntry, []*keyEntry) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	all := slices.Collect(maps.Values(keys))
+	slices.SortFunc(all, func(a, b *keyEntry) int {
+		if c := cmp.Compare(r.rank(a), r.rank(b)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.modRev, a.modRev); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.key, b.key)
+	})
+	return all[0], all[1:]
+}
+
+// servingNodes returns the IDs of live serving nodes, sorted.
+func (r *reconciler) servingNodes() []int64 {
+	var ids []int64
+	for id, ne := range r.v.nodes {
+		if _, live := r.live(id); live && ne.serving() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// decide walks every channel (registered or assigned) once.
+func (r *reconciler) decide(now time.Time) *plan {
+	p := &plan{byCh: map[string]*unit{}, loads: map[int64]*NodeLoad{}, movable: map[string]*keyEntry{}}
+	serving := r.servingNodes()
+	for _, id := range serving {
+		p.loads[id] = &NodeLoad{ID: id}
+	}
+	names := make(map[string]struct{}, len(r.v.registry))
+	for ch := range r.v.registry {
+		names[ch] = struct{}{}
+	}
+	for ch := range r.v.keys {
+		names[ch] = struct{}{}
+	}
+	sorted := slices.Sorted(maps.Keys(names))
+	for _, ch := range sorted {
+		r.decideChannel(p, ch, now)
+	}
+	r.placeAll(p, serving, now)
+	if len(p.units) == 0 && len(p.evictions) == 0 && !p.pending && len(r.retry) == 0 {
+		r.balance(p, serving)
+	}
+	r.gauges()
+	// Forget channels that are gone for good.
+	for ch, rt := range r.chans {
+		if _, ok := names[ch]; !ok && !rt.pending(r.v.rev, now) {
+			delete(r.chans, ch)
+		}
+	}
+	return p
+}
+
+func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
+	rt := r.ch(ch)
+	reg := r.v.registry[ch]
+	primary, extras := r.pickPrimary(r.v.keys[ch])
+	if reg == nil && primary != nil {
+		extras = append([]*keyEntry{primary}, extras...)
+		primary = nil
+	}
+	if rt.target != 0 && (reg == nil || primary == nil || primary.node == rt.target ||
+		(!primary.corrupt && (primary.info.State == meta.Watched || primary.info.State == meta.ToWatch))) {
+		rt.target = 0
+	}
+	// Count the load where the channel is (or is going) even while we wait.
+	if primary != nil && primary.node != 0 && !primary.corrupt && primary.info.State != meta.Released {
+		at := primary.node
+		if rt.target != 0 {
+			at = rt.target
+		}
+		if l := p.loads[at]; l != nil {
+			l.Channels = append(l.Channels, r.policyChannel(ch, reg, 0))
+		}
+	}
+	if rt.pending(r.v.rev, now) {
+		p.pending = true
+		return
+	}
+	const maxExtrasPerPass = 8 // keep one channel's merged unit far below MaxTxnOps
+	for i, k := range extras {
+		if i == maxExtrasPerPass {
+			break
+		}
+		r.cleanup(p, ch, reg, k, now)
+	}
+	if primary == nil {
+		if reg == nil {
+			return
+		}
+		if reg.corrupt {
+			r.hold(rt, reg.modRev, "registered channel has a corrupt spec and no assignment: cannot place it", ch, 0)
+			return
+		}
+		p.place = append(p.place, placement{ch: ch, reg: reg})
+		return
+	}
+	if len(extras) == 0 && primary.node != 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
+		if l := p.loads[primary.node]; l != nil {
+			p.movable[ch] = primary
+			l.Channels[len(l.Channels)-1].Movable = true
+		}
+	}
+	r.decidePrimary(p, ch, reg, primary, now)
+}
+
+// policyChannel describes ch to the policy.
+func (r *reconciler) policyChannel(ch string, reg *regEntry, avoid int64) Channel {
+	c := Channel{Name: ch, Avoid: avoid}
+	if reg != nil {
+		c.CollectionID = reg.spec.CollectionID
+	}
+	return c
+}
+
+// hold logs, once per key revision, a channel we leave alone.
+func (r *reconciler) hold(rt *chanRT, rev int64, msg, ch string, node int64) {
+	if rt.heldRev == rev {
+		return
+	}
+	rt.heldRev = rev
+	r.log.Warn(msg, zap.String("channel", ch), zap.Int64("node", node), zap.Int64("revision", rev))
+}
+
+// decidePrimary acts on the assignment of a registered channel.
+func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntry, now time.Time) {
+	rt := r.ch(ch)
+	if k.node == 0 {
+		if reg.corrupt && k.corrupt {
+			r.hold(rt, k.modRev, "remaining channel has a corrupt value and a corrupt spec: cannot place it", ch, 0)
+			return
+		}
+		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k)})
+		return
+	}
+	ne, live := r.live(k.node)
+	if !live {
+		if now.Before(r.movableAt(k.node)) {
+			r.hold(rt, k.modRev, "channel on a gone node waits until the node has certainly stopped", ch, k.node)
+			return
+		}
+		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, dead: true, avoid: r.avoidOf(k), pref: rt.target})
+		return
+	}
+	if k.corrupt {
+		p.add(r.release(k, reg, "corrupt", false, "", now))
+		return
+	}
+	switch k.info.State {
+	case meta.ToWatch:
+		switch {
+		case ne.draining():
+			p.add(r.release(k, reg, "drain", false, "", now))
+		case r.timedOut(k, r.cfg.watchTimeout, now):
+			r.c.m.timeouts.WithLabelValues("watch").Inc()
+			p.add(r.release(k, reg, "watch_timeout", true,
+				fmt.Sprintf("watch timeout: no progress on node %d for %v", k.node, r.cfg.watchTimeout), now))
+		}
+	case meta.Watched:
+		if ne.draining() {
+			p.add(r.release(k, reg, "drain", false, "", now))
+		}
+	case meta.WatchFailure:
+		p.add(r.release(k, reg, "watch_failure", true, "", now))
+	case meta.ToRelease:
+		if r.timedOut(k, r.cfg.releaseTimeout, now) {
+			r.c.m.timeouts.WithLabelValues("release").Inc()
+			p.evictions = append(p.evictions, eviction{node: k.node, k: k, why: "release timeout"})
+		}
+	case meta.ReleaseFailure:
+		p.evictions = append(p.evictions, eviction{node: k.node, k: k, why: "release failure: " + k.info.LastError})
+	case meta.Released:
+		if k.info.Attempts > 0 {
+			if rt.backoffRev != k.modRev {
+				rt.backoffRev, rt.notBefore = k.modRev, now.Add(r.cfg.backoff(k.info.Attempts))
+			}
+			if now.Before(rt.notBefore) {
+				return
+			}
+		}
+		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target})
+	}
+}
+
+func (r *reconciler) avoidOf(k *keyEntry) int64 {
+	if k == nil || k.corrupt || k.info.Attempts == 0 {
+		return 0
+	}
+	return k.info.FailedNode
+}
+
+// cleanup takes away a key that should not exist: the channel is not
+// registered, or the key duplicates the channel's primary key.
+func (r *reconciler) cleanup(p *plan, ch string, reg *regEntry, k *keyEntry, now time.Time) {
+	why := "deregistered"
+	if reg != nil {
+		why = "duplicate"
+	}
+	if k.node == 0 {
+		p.add(r.remove(k, why))
+		return
+	}
+	if _, live := r.live(k.node); !live {
+		if now.Before(r.movableAt(k.node)) {
+			r.hold(r.ch(ch), k.modRev, "key on a gone node waits until the node has certainly stopped", ch, k.node)
+			return
+		}
+		p.add(r.remove(k, why))
+		return
+	}
+	if k.corrupt {
+		p.add(r.release(k, reg, why, false, "", now))
+		return
+	}
+	switch k.info.State {
+	case meta.ToWatch, meta.Watched, meta.WatchFailure:
+		p.add(r.release(k, reg, why, false, "", now))
+	case meta.ToRelease:
+		if r.timedOut(k, r.cfg.releaseTimeout, now) {
+			r.c.m.timeouts.WithLabelValues("release").Inc()
+			p.evictions = append(p.evictions, eviction{node: k.node, k: k, why: "release timeout"})
+		}
+	case meta.ReleaseFailure:
+		p.evictions = append(p.evictions, eviction{node: k.node, k: k, why: "release failure: " + k.info.LastError})
+	case meta.Released:
+		p.add(r.remove(k, why))
+	}
+}
+
+// baseInfo is k's value, or a fresh one from the spec when k is corrupt.
+func baseInfo(ch string, reg *regEntry, k *keyEntry) meta.ChannelInfo {
+	var info meta.ChannelInfo
+	if k != nil && !k.corrupt {
+		info = k.info
+	}
+	info.Name = ch
+	if reg != nil && !reg.corrupt {
+		info.CollectionID = reg.spec.CollectionID
+		info.Vchannel = reg.spec.Vchannel
+	}
+	return info
+}
+
+// release marks k ToRelease (CAS on its mod revision). A failure counts an
+// attempt against k's node; a move of a running channel clears the count.
+func (r *reconciler) release(k *keyEntry, reg *regEntry, reason string, failure bool, lastErr string, now time.Time) *unit {
+	info := baseInfo(k.ch, reg, k)
+	switch {
+	case failure:
+		info.Attempts++
+		info.FailedNode = k.node
+		if lastErr != "" {
+			info.LastError = lastErr
+		}
+	case !k.corrupt && k.info.State == meta.Watched:
+		info.Attempts, info.FailedNode = 0, 0
+	}
+	info.State = meta.ToRelease
+	info.StartTime = now
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		r.log.Error("cannot encode ToRelease", zap.String("channel", k.ch), zap.Int64("node", k.node), zap.Error(err))
+		return nil
+	}
+	node, ch, m := k.node, k.ch, r.c.m
+	return &unit{
+		ch:   ch,
+		cmps: []kv.Cmp{kv.CmpModRevision(k.key, kv.Equal, k.modRev)},
+		ops:  []kv.Op{kv.OpPut(k.key, val)},
+		done: []func(int64){func(rev int64) {
+			m.moves.WithLabelValues(reason).Inc()
+			r.log.Info("releasing channel", zap.String("channel", ch), zap.Int64("node", node),
+				zap.Int64("revision", rev), zap.String("reason", reason), zap.Int("attempts", info.Attempts))
+		}},
+	}
+}
+
+// remove deletes k (CAS on its mod revision).
+func (r *reconciler) remove(k *keyEntry, reason string) *unit {
+	node, ch := k.node, k.ch
+	return &unit{
+		ch:   ch,
+		cmps: []kv.Cmp{kv.CmpModRevision(k.key, kv.Equal, k.modRev)},
+		ops:  []kv.Op{kv.OpDelete(k.key)},
+		done: []func(int64){func(rev int64) {
+			r.log.Info("deleted assignment", zap.String("channel", ch), zap.Int64("node", node),
+				zap.Int64("revision", rev), zap.String("reason", reason))
+		}},
+	}
+}
+
+// placeAll chooses nodes for every channel that needs one and writes the
+// moves: each is one txn unit that deletes the old key (CAS) and creates
+// the new one (missing), so a channel never has two keys.
+func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
+	if len(p.place) == 0 {
+		return
+	}
+	targets := make([]int64, len(p.place))
+	if len(serving) > 0 {
+		isServing := func(id int64) bool { _, ok := p.loads[id]; return ok }
+		var rest []int
+		var chs []Channel
+		for i, pl := range p.place {
+			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid {
+				targets[i] = pl.pref
+				continue
+			}
+			avoid := pl.avoid
+			if !isServing(avoid) {
+				avoid = 0
+			}
+			rest = append(rest, i)
+			chs = append(chs, r.policyChannel(pl.ch, pl.reg, avoid))
+		}
+		loads := make([]NodeLoad, 0, len(serving))
+		for _, id := range serving {
+			loads = append(loads, *p.loads[id])
+		}
+		got := r.cfg.policy.Place(chs, loads)
+		if !validPlacement(got, chs, p.loads) {
+			r.log.Error("policy returned an invalid placement; using least-loaded", zap.Int("channels", len(chs)))
+			got = placeLeastLoaded(chs, loads)
+		}
+		for j, i := range rest {
+			targets[i] = got[j]
+		}
+	}
+	for i, pl := range p.place {
+		if u := r.placeUnit(pl, targets[i], now); u != nil {
+			if l := p.loads[targets[i]]; l != nil {
+				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
+			}
+			p.add(u)
+		}
+	}
+}
+
+func validPlacement(got []int64, chs []Channel, loads map[int64]*NodeLoad) bool {
+	if len(got) != len(chs) {
+		return false
+	}
+	for i, id := range got {
+		if _, ok := loads[id]; !ok {
+			return false
+		}
+		if chs[i].Avoid != 0 && id == chs[i].Avoid && len(loads) > 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// placeUnit writes channel pl.ch on node target (0: remaining).
+func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit {
+	src := pl.src
+	if target == 0 && src != nil && src.node == 0 {
+		return nil // already remaining, and still no node
+	}
+	info := baseInfo(pl.ch, pl.reg, src)
+	if pl.dead && !src.corrupt && (src.info.State == meta.ToWatch || src.info.State == meta.WatchFailure) {
+		// A node that dies while starting the channel may have died of it.
+		info.Attempts++
+		info.FailedNode = src.node
+		info.LastError = fmt.Sprintf("node %d went away while the channel was %v", src.node, src.info.State)
+	}
+	info.State = meta.ToWatch
+	info.StartTime = now
+	info.AssignRevision = 0
+	info.Progress = 0
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		r.log.Error("cannot encode ToWatch", zap.String("channel", pl.ch), zap.Int64("node", target), zap.Error(err))
+		return nil
+	}
+	key := meta.ChannelKey(target, pl.ch)
+	u := &unit{ch: pl.ch}
+	if pl.reg != nil {
+		u.cmps = append(u.cmps, kv.CmpModRevision(meta.RegistryKey(pl.ch), kv.Equal, pl.reg.modRev))
+	}
+	var from int64 = -1
+	switch {
+	case src == nil:
+		u.cmps = append(u.cmps, kv.CmpMissing(key))
+		if target != 0 {
+			u.cmps = append(u.cmps, kv.CmpMissing(meta.RemainingKey(pl.ch)))
+		}
+		u.ops = append(u.ops, kv.OpPut(key, val))
+	case src.key == key:
+		from = src.node
+		u.cmps = append(u.cmps, kv.CmpModRevision(src.key, kv.Equal, src.modRev))
+		u.ops = append(u.ops, kv.OpPut(key, val))
+	default:
+		from = src.node
+		u.cmps = append(u.cmps, kv.CmpModRevision(src.key, kv.Equal, src.modRev), kv.CmpMissing(key))
+		u.ops = append(u.ops, kv.OpDelete(src.key), kv.OpPut(key, val))
+	}
+	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
+	u.done = append(u.done, func(rev int64) {
+		rt.target = 0
+		if target == 0 {
+			r.log.Info("channel remaining: no serving node", zap.String("channel", ch), zap.Int64("node", 0),
+				zap.Int64("revision", rev), zap.Int64("from", from))
+			return
+		}
+		m.placed.Inc()
+		r.log.Info("assigned channel", zap.String("channel", ch), zap.Int64("node", target),
+			zap.Int64("revision", rev), zap.Int64("from", from), zap.Int("attempts", info.Attempts))
+	})
+	return u
+}
+
+// balance asks the policy for moves while fewer than MaxMovesInFlight are
+// under way, and starts them (ToRelease; the placement after Released goes
+// to the move's target).
+func (r *reconciler) balance(p *plan, serving []int64) {
+	if r.v.paused || len(serving) < 2 {
+		return
+	}
+	inflight := 0
+	for _, rt := range r.chans {
+		if rt.target != 0 {
+			inflight++
+		}
+	}
+	budget := r.cfg.maxMovesInFlight - inflight
+	if budget <= 0 {
+		return
+	}
+	loads := make([]NodeLoad, 0, len(serving))
+	for _, id := range serving {
+		loads = append(loads, *p.loads[id])
+	}
+	seen := map[string]bool{}
+	for _, mv := range r.cfg.policy.Balance(loads, budget) {
+		k := p.movable[mv.Channel]
+		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil {
+			continue
+		}
+		seen[mv.Channel] = true
+		budget--
+		u := r.release(k, r.v.registry[mv.Channel], "balance", false, "", r.clock.Now())
+		if u == nil {
+			continue
+		}
+		rt, to := r.ch(mv.Channel), mv.To
+		u.done = append(u.done, func(int64) { rt.target = to })
+		p.add(u)
+	}
+}
+
+// gauges publishes the channel counts by state.
+func (r *reconciler) gauges() {
+	counts := map[string]float64{"remaining": 0, "unassigned": 0}
+	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
+		counts[s.String()] = 0
+	}
+	for ch := range r.v.registry {
+		primary, _ := r.pickPrimary(r.v.keys[ch])
+		switch {
+		case primary == nil:
+			counts["unassigned"]++
+		case primary.node == 0:
+			counts["remaining"]++
+		case !primary.corrupt:
+			counts[primary.info.State.String()]++
+		}
+	}
+	for s, n := range counts {
+		r.c.m.channels.WithLabelValues(s).Set(n)
+	}
+}
+
+// evict revokes the lease of a node that did not release in time, after
+// checking that the view is not behind (the key still is as we saw it) and
+// that we still lead. The node's channels move one TTL later.
+func (r *reconciler) evict(ctx context.Context, e eviction) error {
+	nrt := r.node(e.node)
+	ne, live := r.live(e.node)
+	if !live {
+		return nil
+	}
+	got, _, err := r.b.Get(ctx, e.k.key)
+	if err != nil || got.ModRevision != e.k.modRev {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil // changed meanwhile, or unreadable: decide again next pass
+	}
+	resp, err := r.b.Txn(ctx, kv.Txn{If: []kv.Cmp{r.l.Guard()}, Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)}})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.log.Warn("eviction: leadership check failed", zap.Int64("node", e.node), zap.Error(err))
+		return nil
+	}
+	if !resp.Succeeded {
+		r.c.m.fenced.Inc()
+		return errDeposed
+	}
+	if ne.lease == kv.NoLease {
+		// Not a real session; take its key away under the guard.
+		key := meta.NodeSessionKey(e.node)
+		resp, err = r.b.Txn(ctx, kv.Txn{
+			If:   []kv.Cmp{r.l.Guard(), kv.CmpModRevision(key, kv.Equal, ne.modRev)},
+			Then: []kv.Op{kv.OpDelete(key)},
+		})
+		if err != nil || !resp.Succeeded {
+			return ctx.Err()
+		}
+	} else if err := r.b.Revoke(ctx, ne.lease); err != nil && !isLeaseGone(err) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.log.Warn("eviction: revoke failed", zap.Int64("node", e.node), zap.Error(err))
+		return nil
+	}
+	nrt.evicted = r.clock.Now()
+	nrt.fenceUntil = nrt.evicted.Add(r.nodeTTL(e.node))
+	r.c.m.evictions.Inc()
+	r.log.Warn("evicted node: its channels move once it has certainly stopped",
+		zap.Int64("node", e.node), zap.String("channel", e.k.ch), zap.Int64("revision", e.k.modRev),
+		zap.String("why", e.why), zap.Time("fence_until", nrt.fenceUntil))
+	return nil
+}
+
+// revokeVanished revokes the leases of nodes whose session key vanished
+// without our eviction. If the lease was still alive (the key was deleted
+// by hand), the node is running and is fenced like an evicted one.
+func (r *reconciler) revokeVanished(ctx context.Context, now time.Time) error {
+	for id, nrt := range r.nodes {
+		if nrt.revokeLease == kv.NoLease {
+			continue
+		}
+		err := r.b.Revoke(ctx, nrt.revokeLease)
+		switch {
+		case err == nil:
+			nrt.evicted, nrt.fenceUntil = now, now.Add(r.nodeTTL(id))
+			r.log.Warn("node's session key vanished while its lease lived: revoked it",
+				zap.Int64("node", id), zap.Time("fence_until", nrt.fenceUntil))
+		case isLeaseGone(err):
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			r.log.Warn("revoking a vanished node's lease failed; retrying", zap.Int64("node", id), zap.Error(err))
+			continue
+		}
+		nrt.revokeLease = kv.NoLease
+	}
+	return nil
+}

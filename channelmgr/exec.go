@@ -1,0 +1,179 @@
+package channelmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+	"go.uber.org/zap"
+)
+
+// unit is the writes of one channel in one pass: they always share a txn.
+type unit struct {
+	ch   string
+	cmps []kv.Cmp
+	ops  []kv.Op
+	done []func(rev int64) // after the txn succeeded at rev
+}
+
+// batch is one guarded txn of whole units.
+type batch struct {
+	units []*unit
+	txn   kv.Txn
+}
+
+// pack groups units into txns under maxOps entries per branch, the guard
+// included. Units marked solo (their last batch failed a compare) go alone,
+// so one conflicting channel cannot keep failing the others.
+func (r *reconciler) pack(units []*unit) []*batch {
+	maxOps := r.b.MaxTxnOps()
+	var out []*batch
+	var cur *batch
+	flush := func() {
+		if cur != nil && len(cur.units) > 0 {
+			out = append(out, cur)
+		}
+		cur = nil
+	}
+	open := func() *batch {
+		return &batch{txn: kv.Txn{
+			If: []kv.Cmp{r.l.Guard()},
+			// On failure, read the leader key: deposed or a mere conflict?
+			Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)},
+		}}
+	}
+	for _, u := range units {
+		if 1+len(u.cmps) > maxOps || len(u.ops) > maxOps {
+			r.log.Error("one channel's writes exceed the backend's txn size; skipped",
+				zap.String("channel", u.ch), zap.Int("compares", len(u.cmps)), zap.Int("ops", len(u.ops)))
+			continue
+		}
+		solo := r.ch(u.ch).solo
+		if solo || cur == nil || len(cur.txn.If)+len(u.cmps) > maxOps || len(cur.txn.Then)+len(u.ops) > maxOps {
+			flush()
+			cur = open()
+		}
+		cur.units = append(cur.units, u)
+		cur.txn.If = append(cur.txn.If, u.cmps...)
+		cur.txn.Then = append(cur.txn.Then, u.ops...)
+		if solo {
+			flush()
+		}
+	}
+	flush()
+	return out
+}
+
+// execute sends the pass's units.
+func (r *reconciler) execute(ctx context.Context, units []*unit, now time.Time) error {
+	for _, b := range r.pack(units) {
+		if err := r.exec(ctx, b, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resend retries, unchanged, the batches whose outcome was unknown: the
+// same compares make a second apply impossible, and until one attempt gets
+// a definite answer their channels are not decided on again.
+func (r *reconciler) resend(ctx context.Context, now time.Time) error {
+	retry := r.retry
+	r.retry = nil
+	for i, b := range retry {
+		if err := r.exec(ctx, b, now); err != nil {
+			r.retry = append(r.retry, retry[i+1:]...)
+			return err
+		}
+	}
+	return nil
+}
+
+// permanent reports errors that mean the txn was rejected as malformed and
+// was not applied: resending it would fail the same way.
+func permanent(err error) bool {
+	for _, e := range []error{kv.ErrTxnTooLarge, kv.ErrInvalidTxn, kv.ErrInvalidKey, kv.ErrLeaseNotFound, kv.ErrPermissionDenied} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func isLeaseGone(err error) bool { return errors.Is(err, kv.ErrLeaseNotFound) }
+
+// exec sends one batch and records the outcome on its channels. It returns
+// an error only when the term must end: ctx done, backend closed, or the
+// txn showed that another coordinator leads.
+func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
+	resp, err := r.b.Txn(ctx, b.txn)
+	m := r.c.m
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Leadership or the process is ending; the guard keeps a late
+		// apply of this txn harmless to a successor.
+		return ctx.Err()
+	case err != nil && errors.Is(err, kv.ErrClosed):
+		return fmt.Errorf("channelmgr: txn: %w", err)
+	case err != nil && permanent(err):
+		m.txns.WithLabelValues("error").Inc()
+		r.log.Error("txn rejected", zap.Int("channels", len(b.units)), zap.Int64("revision", r.v.rev), zap.Error(err))
+		for _, u := range b.units {
+			rt := r.ch(u.ch)
+			rt.uncertain, rt.solo = false, true
+			rt.pendingRev, rt.pendingUntil = r.v.rev+1, now.Add(r.cfg.checkInterval)
+		}
+		return nil
+	case err != nil:
+		m.txns.WithLabelValues("error").Inc()
+		r.log.Warn("txn outcome unknown; will resend it unchanged", zap.Int("channels", len(b.units)),
+			zap.Int64("revision", r.v.rev), zap.Error(err))
+		for _, u := range b.units {
+			r.ch(u.ch).uncertain = true
+		}
+		r.retry = append(r.retry, b)
+		return nil
+	case !resp.Succeeded:
+		if r.deposed(resp) {
+			m.fenced.Inc()
+			r.log.Warn("write rejected by the leader guard: another coordinator leads", zap.Int64("revision", resp.Revision))
+			return errDeposed
+		}
+		m.txns.WithLabelValues("conflict").Inc()
+		r.log.Debug("txn compare failed; channels retried one by one", zap.Int("channels", len(b.units)),
+			zap.Int64("revision", resp.Revision))
+		for _, u := range b.units {
+			rt := r.ch(u.ch)
+			// The conflicting write is at or below resp.Revision; wait for
+			// the view to see it, but not forever (etcd's revision is
+			// global, so resp.Revision may be outside our root).
+			rt.uncertain, rt.solo = false, true
+			rt.pendingRev, rt.pendingUntil = resp.Revision, now.Add(r.cfg.checkInterval)
+		}
+		return nil
+	}
+	m.txns.WithLabelValues("ok").Inc()
+	for _, u := range b.units {
+		rt := r.ch(u.ch)
+		// Our write is in our root, so the watch delivers resp.Revision;
+		// the time bound is only a safety valve.
+		rt.uncertain, rt.solo = false, false
+		rt.pendingRev, rt.pendingUntil = resp.Revision, now.Add(30*r.cfg.checkInterval)
+		for _, f := range u.done {
+			f(resp.Revision)
+		}
+	}
+	return nil
+}
+
+// deposed reads the Else branch of a failed batch: true when the leader key
+// is gone or belongs to another term.
+func (r *reconciler) deposed(resp kv.TxnResponse) bool {
+	if len(resp.Responses) != 1 || resp.Responses[0].KV == nil {
+		return true
+	}
+	return resp.Responses[0].KV.CreateRevision != r.l.Token()
+}

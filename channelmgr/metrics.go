@@ -1,0 +1,63 @@
+package channelmgr
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the coordinator's Prometheus metrics. With no Registerer they
+// are still created (and updated) but never exported, so the code has no
+// nil checks.
+type metrics struct {
+	channels   *prometheus.GaugeVec   // state: ToWatch..ReleaseFailure, remaining, unassigned
+	moves      *prometheus.CounterVec // reason
+	placed     prometheus.Counter
+	timeouts   *prometheus.CounterVec // kind: watch, release
+	evictions  prometheus.Counter
+	fenced     prometheus.Counter
+	txns       *prometheus.CounterVec // result: ok, conflict, error
+	corrupt    *prometheus.CounterVec // prefix
+	leader     prometheus.Gauge
+	leaderGain prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	const ns, sub = "chanwatch", "coordinator"
+	m := &metrics{
+		channels: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels",
+			Help: "Registered channels by assignment state as the leader sees them (remaining: in channel/remaining/; unassigned: no key yet)."},
+			[]string{"state"}),
+		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "moves_started_total",
+			Help: "Channels the leader started to take off a node, by reason (balance, drain, watch_timeout, watch_failure, deregister, dead_node)."},
+			[]string{"reason"}),
+		placed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "placements_total",
+			Help: "ToWatch assignments written (new channels, moves finished, failover)."}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "timeouts_total",
+			Help: "ToWatch or ToRelease assignments that timed out, by kind (watch, release)."},
+			[]string{"kind"}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "evictions_total",
+			Help: "Nodes evicted (session lease revoked) for not releasing in time."}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fencing_rejections_total",
+			Help: "Write txns rejected because this coordinator no longer holds leadership."}),
+		txns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "txns_total",
+			Help: "Write txns by result (ok, conflict: a compare failed, error: no answer)."},
+			[]string{"result"}),
+		corrupt: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "corrupt_keys_total",
+			Help: "Keys skipped because the key or its value does not parse, by prefix (registry, session, channel)."},
+			[]string{"prefix"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "is_leader",
+			Help: "1 while this coordinator leads."}),
+		leaderGain: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "leader_transitions_total",
+			Help: "Times this coordinator became leader."}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var errs []error
+	for _, c := range []prometheus.Collector{m.channels, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
+		m.txns, m.corrupt, m.leader, m.leaderGain} {
+		errs = append(errs, reg.Register(c))
+	}
+	return m, errors.Join(errs...)
+}

@@ -1,0 +1,216 @@
+package channelmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+)
+
+// reconciler is one leadership term's decision loop. Everything in it is
+// owned by the goroutine running run: no locks.
+type reconciler struct {
+	c     *Coordinator
+	cfg   *config
+	b     kv.Backend
+	l     leader
+	log   *zap.Logger
+	clock clockwork.Clock
+	start time.Time // when this term began: the reference of the takeover wait
+
+	v       view
+	watchOK bool // false while the watch is down: the view may be stale
+	chans   map[string]*chanRT
+	nodes   map[int64]*nodeRT
+	badSeen map[string]int64
+	retry   []*batch // batches whose outcome is unknown, to resend as they are
+}
+
+// chanRT is what the leader keeps in memory about a channel. None of it is
+// needed for safety; all of it is rebuilt conservatively by a new leader.
+type chanRT struct {
+	// Do not decide on the channel until the view reaches pendingRev (our
+	// write is visible) or the clock reaches pendingUntil.
+	pendingRev   int64
+	pendingUntil time.Time
+	uncertain    bool // in a batch awaiting an identical resend
+	solo         bool // its last batch failed a compare: next write alone
+	// The timeout of the current ToWatch/ToRelease, armed when we first
+	// saw its mod revision.
+	armedRev int64
+	deadline time.Time
+	// target is the node a balance move takes the channel to.
+	target int64
+	// notBefore delays re-placement after a failure (backoff), armed for
+	// the Released key at backoffRev.
+	backoffRev int64
+	notBefore  time.Time
+	// heldRev avoids logging the same stuck key every pass.
+	heldRev int64
+}
+
+func newReconciler(c *Coordinator, l leader) *reconciler {
+	return &reconciler{
+		c:       c,
+		cfg:     &c.cfg,
+		b:       c.b,
+		l:       l,
+		log:     c.log.With(zap.Int64("token", l.Token())),
+		clock:   c.cfg.clock,
+		start:   c.cfg.clock.Now(),
+		v:       newView(),
+		chans:   map[string]*chanRT{},
+		nodes:   map[int64]*nodeRT{},
+		badSeen: map[string]int64{},
+	}
+}
+
+func (r *reconciler) ch(name string) *chanRT {
+	rt := r.chans[name]
+	if rt == nil {
+		rt = &chanRT{}
+		r.chans[name] = rt
+	}
+	return rt
+}
+
+// errDeposed: a guarded txn failed because another coordinator leads.
+var errDeposed = errors.New("channelmgr: deposed (leader guard failed)")
+
+// run lists the root, watches it, and reconciles on every batch of events
+// and every tick until ctx ends or a write shows we no longer lead.
+func (r *reconciler) run(ctx context.Context) error {
+	if err := r.relist(ctx); err != nil {
+		return err
+	}
+	ticker := r.clock.NewTicker(r.cfg.checkInterval)
+	defer ticker.Stop()
+	wch, wcancel := r.watch(ctx)
+	defer func() { wcancel() }()
+	var rewatch <-chan time.Time
+	failures := 0
+	for {
+		if err := r.pass(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.Chan():
+		case <-rewatch:
+			rewatch = nil
+			wch, wcancel = r.watch(ctx)
+			r.rearm()
+		case resp, ok := <-wch:
+		drain:
+			for {
+				if !ok || resp.Err != nil {
+					wcancel()
+					wch = nil
+					r.watchOK = false
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					if errors.Is(resp.Err, kv.ErrClosed) {
+						return fmt.Errorf("channelmgr: watch: %w", resp.Err)
+					}
+					if errors.Is(resp.Err, kv.ErrCompacted) {
+						r.log.Warn("watch compacted, re-listing", zap.Int64("revision", r.v.rev), zap.Error(resp.Err))
+						if err := r.relist(ctx); err != nil {
+							return err
+						}
+					} else {
+						r.log.Warn("watch broken, resuming", zap.Int64("revision", r.v.rev), zap.Error(resp.Err))
+					}
+					// Resume at once the first time; after repeated
+					// failures, on the next check interval.
+					failures++
+					d := time.Duration(0)
+					if failures > 1 {
+						d = r.cfg.checkInterval
+					}
+					rewatch = r.clock.After(d)
+					break drain
+				}
+				failures = 0
+				r.fold(resp.Events)
+				// Take whatever else is ready before deciding: one pass
+				// for a burst of events.
+				select {
+				case resp, ok = <-wch:
+				default:
+					break drain
+				}
+			}
+		}
+	}
+}
+
+// watch watches the whole root from just after the view's revision.
+func (r *reconciler) watch(ctx context.Context) (kv.WatchChan, context.CancelFunc) {
+	wctx, cancel := context.WithCancel(ctx)
+	r.watchOK = true
+	return r.b.Watch(wctx, "", r.v.rev+1), cancel
+}
+
+// fold applies one watch response.
+func (r *reconciler) fold(evs []kv.Event) {
+	for _, ev := range evs {
+		if rev := ev.Revision(); rev > r.v.rev {
+			r.v.rev = rev
+		}
+		r.apply(ev)
+	}
+}
+
+// relist replaces the view with one List of the root, retrying on the
+// check interval until it succeeds or ctx ends. Nodes that vanished
+// meanwhile are handled as deletions.
+func (r *reconciler) relist(ctx context.Context) error {
+	for {
+		kvs, rev, err := r.b.List(ctx, "")
+		if err == nil {
+			old := r.v
+			r.v = newView()
+			r.v.rev = rev
+			for _, e := range kvs {
+				r.apply(kv.Event{Type: kv.EventPut, KV: e})
+			}
+			for id, n := range old.nodes {
+				if _, ok := r.v.nodes[id]; !ok {
+					r.nodeGone(id, n)
+				}
+			}
+			r.rearm()
+			r.log.Info("listed root", zap.Int64("revision", rev), zap.Int("keys", len(kvs)),
+				zap.Int("registered", len(r.v.registry)), zap.Int("nodes", len(r.v.nodes)))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, kv.ErrClosed) {
+			return fmt.Errorf("channelmgr: list: %w", err)
+		}
+		r.log.Warn("list failed, retrying", zap.Error(err))
+		t := r.clock.NewTimer(r.cfg.checkInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.Chan():
+		}
+	}
+}
+
+// rearm restarts every timeout from now: after the view may have been
+// stale, an answer we have not seen yet must not count as a timeout.
+func (r *reconciler) rearm() {
+	for _, rt := range r.chans {
+		rt.armedRev = 0
+	}
+}
