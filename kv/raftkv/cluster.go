@@ -21,13 +21,15 @@ type Cluster struct {
 	alive []bool
 }
 
-// loopbackTimeouts make elections fast on one machine.
-var loopbackTimeouts = WithRaftTimeouts(200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond)
+// loopbackTimeouts make elections fast on one machine, with room for a
+// loaded, race-instrumented test binary on two cores: a leader that misses
+// its lease steps down and leaves writes in flight with unknown outcomes.
+var loopbackTimeouts = WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond)
 
 // StartCluster starts n nodes on 127.0.0.1 ports picked by the system, with
 // their state under dir/node<i>: node 0 bootstraps alone, the others join
 // it. It returns once every node knows the leader. opts apply to every
-// node, after loopback raft timeouts (200ms heartbeat and election, 100ms
+// node, after loopback raft timeouts (300ms heartbeat and election, 250ms
 // leader lease). Errors: ErrInvalidConfig, I/O errors, or the first join
 // that failed (the nodes started are closed).
 func StartCluster(dir string, n int, opts ...Option) (*Cluster, error) {

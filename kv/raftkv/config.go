@@ -114,6 +114,8 @@ type options struct {
 	snapshotThreshold uint64
 	trailingLogs      uint64
 	snapshotInterval  time.Duration
+
+	noFsync bool
 }
 
 func defaultOptions() options {
@@ -160,8 +162,8 @@ func WithMinLeaseTTL(d time.Duration) Option { return func(o *options) { o.minLe
 func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.requestTimeout = d } }
 
 // WithRaftTimeouts sets raft's heartbeat, election and leader-lease
-// timeouts (default raft's 1s, 1s, 500ms; StartCluster uses 200ms, 200ms,
-// 100ms for loopback). raft requires leaderLease <= heartbeat <= election.
+// timeouts (default raft's 1s, 1s, 500ms; StartCluster uses 300ms, 300ms,
+// 250ms for loopback). raft requires leaderLease <= heartbeat <= election.
 func WithRaftTimeouts(heartbeat, election, leaderLease time.Duration) Option {
 	return func(o *options) { o.heartbeat, o.election, o.leaderLease = heartbeat, election, leaderLease }
 }
@@ -178,6 +180,11 @@ func WithTrailingLogs(n uint64) Option { return func(o *options) { o.trailingLog
 // WithSnapshotInterval sets how often raft checks whether to snapshot
 // (default raft's 120s, with jitter).
 func WithSnapshotInterval(d time.Duration) Option { return func(o *options) { o.snapshotInterval = d } }
+
+// WithUnsafeNoFsync(true) skips the fsync after each write to the raft
+// log: a machine crash can lose acknowledged writes. For tests and
+// benchmarks only.
+func WithUnsafeNoFsync(on bool) Option { return func(o *options) { o.noFsync = on } }
 
 func (o *options) validate() error {
 	switch {

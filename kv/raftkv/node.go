@@ -85,7 +85,7 @@ func (n *Node) open(cfg Config) error {
 		return fmt.Errorf("raftkv: %w", err)
 	}
 	rc := n.o.raftConfig(n.id)
-	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db"), NoSync: n.o.noFsync})
 	if err != nil {
 		return fmt.Errorf("raftkv: open log store: %w", err)
 	}
@@ -395,6 +395,9 @@ func (n *Node) onLeader(ctx context.Context, what string, local func(context.Con
 	if n.closed() {
 		return kv.ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("raftkv: %s: %w", what, err)
+	}
 	bound := time.NewTimer(n.o.requestTimeout)
 	defer bound.Stop()
 	backoff := 5 * time.Millisecond
@@ -468,9 +471,12 @@ func (n *Node) applyLocal(ctx context.Context, c command) (*result, error) {
 	if n.raft.State() != raft.Leader {
 		return nil, errNotLeader
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // not proposed
+	}
 	timeout := n.o.requestTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
+		timeout = max(time.Millisecond, min(timeout, time.Until(dl)))
 	}
 	f := n.raft.Apply(c.encode(), timeout)
 	done := make(chan error, 1)
