@@ -122,21 +122,24 @@ func (m *KV) begin(ctx context.Context, write bool) error {
 
 // watchHooks runs Watch's per-call checks and returns the hooks that tie the
 // watch to this handle.
-func (m *KV) watchHooks(ctx context.Context) (watchHooks, error) {
+func (m *KV) watchHooks() (watchHooks, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return watchHooks{}, kv.ErrClosed
 	}
 	if m.failN > 0 {
 		m.failN--
-		return watchHooks{}, fmt.Errorf("memkv: injected failure: %w", m.failErr)
+		err := m.failErr
+		m.mu.Unlock()
+		return watchHooks{}, fmt.Errorf("memkv: injected failure: %w", err)
 	}
 	g := m.watches
 	hk := watchHooks{stop: g.stop, stopErr: func() error { return g.err }}
 	if m.hang != nil {
 		hk.gate = m.hang.ch
 	}
+	m.mu.Unlock()
 	m.sh.expire()
 	return hk, nil
 }

@@ -138,11 +138,12 @@ func (m *KV) KeepAliveOnce(ctx context.Context, id kv.LeaseID) (time.Duration, e
 	sh := m.sh
 	sh.leaseMu.Lock()
 	defer sh.leaseMu.Unlock()
+	now := sh.expireLocked()
 	l, ok := sh.store.Lease(id)
 	if !ok {
 		return 0, fmt.Errorf("%w: %d", kv.ErrLeaseNotFound, id)
 	}
-	sh.deadlines[id] = sh.clock.Now().Add(l.TTL)
+	sh.deadlines[id] = now.Add(l.TTL)
 	return l.TTL, nil
 }
 
@@ -155,6 +156,7 @@ func (m *KV) Revoke(ctx context.Context, id kv.LeaseID) error {
 	sh := m.sh
 	sh.leaseMu.Lock()
 	defer sh.leaseMu.Unlock()
+	sh.expireLocked()
 	if _, err := sh.store.Revoke(id); err != nil {
 		return err
 	}
@@ -172,18 +174,25 @@ func (m *KV) TimeToLive(ctx context.Context, id kv.LeaseID) (time.Duration, erro
 	sh := m.sh
 	sh.leaseMu.Lock()
 	defer sh.leaseMu.Unlock()
+	now := sh.expireLocked()
 	d, ok := sh.deadlines[id]
 	if _, exists := sh.store.Lease(id); !ok || !exists {
 		return 0, fmt.Errorf("%w: %d", kv.ErrLeaseNotFound, id)
 	}
-	return d.Sub(sh.clock.Now()), nil
+	return d.Sub(now), nil
 }
 
 // expire revokes, in ID order, every lease whose deadline has passed.
 func (sh *shared) expire() {
 	sh.leaseMu.Lock()
 	defer sh.leaseMu.Unlock()
-	now := sh.clock.Now()
+	sh.expireLocked()
+}
+
+// expireLocked is expire with leaseMu held. Lease calls run it under the
+// same hold as their own work, so none acts on a lease past its deadline.
+func (sh *shared) expireLocked() (now time.Time) {
+	now = sh.clock.Now()
 	var due []kv.LeaseID
 	for id, d := range sh.deadlines {
 		if !now.Before(d) {
@@ -191,7 +200,7 @@ func (sh *shared) expire() {
 		}
 	}
 	if len(due) == 0 {
-		return
+		return now
 	}
 	slices.Sort(due)
 	for _, id := range due {
@@ -205,6 +214,7 @@ func (sh *shared) expire() {
 		sh.log.Debug("lease expired", zap.Int64("lease", int64(id)), zap.Int64("revision", rev))
 	}
 	sh.autoCompact()
+	return now
 }
 
 // nextDeadline returns the earliest lease deadline, and false when there

@@ -240,3 +240,27 @@ func TestStoreClosed(t *testing.T) {
 		t.Fatal("restore on a closed store succeeded")
 	}
 }
+
+// Revoke's DELETE events come in key order, never in map order: replicas
+// must emit the same events.
+func TestStoreRevokeEventOrder(t *testing.T) {
+	s := NewStore()
+	defer s.Close()
+	if err := s.Grant(1, 1); err != nil {
+		t.Fatal(err)
+	}
+	var ops []kv.Op
+	for i := range 50 {
+		ops = append(ops, kv.OpPutLease(fmt.Sprintf("k%02d", 49-i), nil, 1))
+	}
+	mustTxn(t, s, kv.Txn{Then: ops})
+	w := s.Watch(t.Context(), "", 0)
+	if _, err := s.Revoke(1); err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range recvEvents(t, w, 50) {
+		if want := fmt.Sprintf("k%02d", i); ev.KV.Key != want {
+			t.Fatalf("event %d on %q, want %q", i, ev.KV.Key, want)
+		}
+	}
+}

@@ -196,7 +196,7 @@ func (w *watcher) collect() (events []kv.Event, upTo int64, notify <-chan struct
 // DropWatches and with kv.ErrClosed when the handle is closed; while the
 // handle hangs it delivers nothing.
 func (m *KV) Watch(ctx context.Context, prefix string, fromRev int64) kv.WatchChan {
-	hooks, err := m.watchHooks(ctx)
+	hooks, err := m.watchHooks()
 	if err != nil {
 		ch := make(chan kv.WatchResponse, 1)
 		ch <- kv.WatchResponse{Err: err}
