@@ -1,6 +1,7 @@
 package raftkv
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -18,8 +19,12 @@ func TestBasic(t *testing.T) {
 	f := follower(c, l)
 	ln, fn := c.Node(l), c.Node(f)
 
-	wl := ln.Watch(ctx, "k/", 0)
-	wf := fn.Watch(ctx, "k/", 0)
+	// The watches outlive ctx, so that a stalled one fails with "no watch
+	// response" rather than ending with ctx.
+	wctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wl := ln.Watch(wctx, "k/", 0)
+	wf := fn.Watch(wctx, "k/", 0)
 
 	rev1, err := kv.Put(ctx, ln, "k/a", []byte("1"))
 	noErr(t, err)
@@ -62,11 +67,6 @@ func TestBasic(t *testing.T) {
 	errIs(t, err, kv.ErrLeaseNotFound)
 	_, err = fn.Txn(ctx, kv.Txn{Then: slices.Repeat([]kv.Op{kv.OpGet("k/a")}, DefaultMaxTxnOps+1)})
 	errIs(t, err, kv.ErrTxnTooLarge)
-	errIs(t, fn.Compact(ctx, 1000), kv.ErrFutureRev)
-	noErr(t, fn.Compact(ctx, rev1))
-	err = fn.Compact(ctx, rev1)
-	errIs(t, err, kv.ErrCompacted)
-	equal(t, kv.CompactRevision(err), rev1)
 
 	// Both watches see the same three revisions, txn events together.
 	for _, w := range []kv.WatchChan{wl, wf} {
@@ -82,6 +82,14 @@ func TestBasic(t *testing.T) {
 		check(t, slices.Equal(revs, []int64{rev1, rev2, rev2 + 1, rev2 + 1}), "revisions %v", revs)
 		equal(t, got[3].Type, kv.EventDelete)
 	}
+
+	// Compaction goes through the log; its errors too.
+	errIs(t, fn.Compact(ctx, 1000), kv.ErrFutureRev)
+	noErr(t, fn.Compact(ctx, rev1))
+	err = fn.Compact(ctx, rev1)
+	errIs(t, err, kv.ErrCompacted)
+	equal(t, kv.CompactRevision(err), rev1)
+	errIs(t, (<-fn.Watch(ctx, "k/", rev1)).Err, kv.ErrCompacted)
 
 	// Leases through a follower.
 	id, err := fn.Grant(ctx, 5*time.Second)

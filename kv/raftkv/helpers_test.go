@@ -72,7 +72,7 @@ func nextEvents(t testing.TB, wc kv.WatchChan) []kv.Event {
 		noErr(t, r.Err)
 		return r.Events
 	case <-time.After(waitTimeout):
-		t.Fatal("no watch response")
+		t.Fatalf("no watch response within %v", waitTimeout)
 		return nil
 	}
 }
