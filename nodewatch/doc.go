@@ -1,0 +1,31 @@
+// Package nodewatch is the node side of MEP 7: it registers a node, watches
+// the node's own assignment prefix (channel/<nodeID>/), runs the user's
+// Handler for each channel and reports the outcome back into the assignment
+// key, so that the coordinator (package channelmgr) can move channels
+// between nodes without ever talking to a node directly.
+//
+// For each channel the node runs the protocol of DESIGN.md §3:
+//
+//   - PUT ToWatch: Handler.Watch with the assignment's fencing token
+//     (AssignRevision = the key's mod revision of that ToWatch put); Progress
+//     heartbeats while it runs; then, only if the key is unchanged, Watched
+//     or WatchFailure. If the coordinator moved on meanwhile, the channel is
+//     released and nothing is written.
+//   - PUT ToRelease: cancel, Handler.Release, then Released or
+//     ReleaseFailure. DELETE: release locally, write nothing.
+//   - Session loss: when the session can no longer prove its lease alive
+//     (session.ErrFenced) or the lease is gone, every channel's context is
+//     cancelled and every Release runs at once, before the lease can have
+//     expired on the server; then the node registers again under a new ID.
+//
+// Each channel has its own worker, so a slow channel never blocks another,
+// and the dispatcher never waits on a worker. Broken watches resume from the
+// last revision; compacted ones re-list and reconcile. Corrupt values and
+// foreign keys under the prefix are logged and skipped.
+//
+// nodewatch never assigns channels, never writes another node's keys and
+// never writes ToWatch or ToRelease for a new assignment; it only reports on
+// the keys the coordinator gave it. It does not retry a failed Watch by
+// itself: the coordinator decides where a failed channel goes. It imports
+// kv, meta and session only, never a backend.
+package nodewatch

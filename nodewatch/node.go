@@ -1,0 +1,294 @@
+package nodewatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/session"
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+)
+
+// Defaults.
+const (
+	DefaultSessionTTL       = 10 * time.Second
+	DefaultProgressInterval = 10 * time.Second
+)
+
+// Errors.
+var (
+	// ErrInvalidConfig: New rejected an option value.
+	ErrInvalidConfig = errors.New("nodewatch: invalid config")
+	// ErrAlreadyRun: Run was called a second time; a Node runs once.
+	ErrAlreadyRun = errors.New("nodewatch: Run called twice")
+)
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	ttl      time.Duration
+	progress time.Duration
+	clock    clockwork.Clock
+	log      *zap.Logger
+	addr     string
+	version  string
+}
+
+// WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
+// node fences itself TTL/5 before the lease can expire on the server.
+func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.ttl = d } }
+
+// WithProgressInterval sets how often the node bumps Progress on a channel
+// whose Watch is still running (default 10s; > 0), so the coordinator's
+// watch timeout sees a slow Watch is not a dead one. Keep it well under the
+// coordinator's watch timeout.
+func WithProgressInterval(d time.Duration) Option { return func(c *config) { c.progress = d } }
+
+// WithClock sets the clock of every timer (default: the real clock).
+func WithClock(c clockwork.Clock) Option { return func(cfg *config) { cfg.clock = c } }
+
+// WithLogger sets the logger (default zap.NewNop()).
+func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithAddr sets the address published in the node's session key.
+func WithAddr(addr string) Option { return func(c *config) { c.addr = addr } }
+
+// WithVersion sets the version published in the node's session key.
+func WithVersion(v string) Option { return func(c *config) { c.version = v } }
+
+// Node is one worker node: it registers, watches its assignments and runs
+// a Handler for each. Create it with New, run it with Run. Methods are
+// safe for concurrent use.
+type Node struct {
+	b   kv.Backend
+	h   Handler
+	cfg config
+	log *zap.Logger
+
+	runOnce sync.Once
+	runDone chan struct{} // closed when Run returns
+
+	mu       sync.Mutex
+	id       int64
+	cur      *incarnation // the registration being served; nil between
+	stopping bool
+	stopCh   chan struct{} // closed once Stop has marked the node stopping
+}
+
+// New returns a Node for handler h on backend b. It validates the options
+// (ErrInvalidConfig) and does no I/O.
+func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
+	cfg := config{ttl: DefaultSessionTTL, progress: DefaultProgressInterval, clock: clockwork.NewRealClock()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch {
+	case b == nil:
+		return nil, fmt.Errorf("%w: nil backend", ErrInvalidConfig)
+	case h == nil:
+		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
+	case cfg.ttl <= 0:
+		return nil, fmt.Errorf("%w: session TTL %v must be > 0", ErrInvalidConfig, cfg.ttl)
+	case cfg.progress <= 0:
+		return nil, fmt.Errorf("%w: progress interval %v must be > 0", ErrInvalidConfig, cfg.progress)
+	case cfg.clock == nil:
+		return nil, fmt.Errorf("%w: nil clock", ErrInvalidConfig)
+	}
+	if cfg.log == nil {
+		cfg.log = zap.NewNop()
+	}
+	return &Node{
+		b:       b,
+		h:       h,
+		cfg:     cfg,
+		log:     cfg.log,
+		runDone: make(chan struct{}),
+		stopCh:  make(chan struct{}),
+	}, nil
+}
+
+// ID returns the node's current ID: 0 before the first registration; a new
+// ID after each re-registration (after a session loss).
+func (n *Node) ID() int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.id
+}
+
+// Running returns, sorted, the channels whose Watch succeeded and was
+// acknowledged and that are not released: the node's local view.
+func (n *Node) Running() []string {
+	n.mu.Lock()
+	inc := n.cur
+	n.mu.Unlock()
+	if inc == nil {
+		return nil
+	}
+	out := inc.running()
+	slices.Sort(out)
+	return out
+}
+
+// Run registers the node (a new session and a new ID, so its prefix is
+// empty), then serves its assignments until ctx is done or Stop completes,
+// and returns nil. On session loss it releases every channel, then
+// registers again under a new ID. When ctx is done it releases every
+// channel locally, revokes the lease (best effort, so the coordinator sees
+// the node go at once) and returns nil. It returns an error only when the
+// backend is closed, or when called twice (ErrAlreadyRun). Backend
+// failures are retried with backoff on the clock.
+func (n *Node) Run(ctx context.Context) error {
+	first := false
+	n.runOnce.Do(func() { first = true })
+	if !first {
+		return ErrAlreadyRun
+	}
+	defer close(n.runDone)
+	var retry backoff
+	for {
+		if n.isStopping() || ctx.Err() != nil {
+			return nil
+		}
+		inc, err := n.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, kv.ErrClosed) || errors.Is(err, session.ErrInvalidConfig) {
+				return fmt.Errorf("nodewatch: register: %w", err)
+			}
+			d := retry.next()
+			n.log.Warn("register failed; retrying", zap.Duration("after", d), zap.Error(err))
+			if sleep(ctx, n.cfg.clock, d) != nil {
+				return nil
+			}
+			continue
+		}
+		retry.reset()
+		why := inc.serve(ctx)
+		n.mu.Lock()
+		n.cur = nil
+		n.mu.Unlock()
+		switch why {
+		case endCtx:
+			// Revoke so the coordinator moves the channels at once, but do not
+			// hang on an unreachable backend: the lease expires anyway.
+			rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			t := n.cfg.clock.AfterFunc(inc.sess.TTL(), cancel)
+			err := inc.sess.Close(rctx)
+			t.Stop()
+			cancel()
+			n.log.Info("node stopped (context done)", zap.Int64("node", inc.id), zap.Error(err))
+			return nil
+		case endDrained:
+			err := inc.sess.Close(ctx)
+			n.log.Info("node stopped (drained)", zap.Int64("node", inc.id), zap.Error(err))
+			return nil
+		case endSessionLost:
+			// Every channel is released. Revoke in case the lease still lives
+			// (a fence on a slow backend), then take a new ID.
+			_ = inc.sess.Close(ctx)
+			n.log.Warn("session lost; channels released, registering again",
+				zap.Int64("old_node", inc.id), zap.Error(inc.sess.Err()))
+		}
+	}
+}
+
+// register opens a session and registers a new node ID on it.
+func (n *Node) register(ctx context.Context) (*incarnation, error) {
+	sess, err := session.New(ctx, n.b, session.WithTTL(n.cfg.ttl), session.WithClock(n.cfg.clock), session.WithLogger(n.log))
+	if err != nil {
+		return nil, err
+	}
+	node, err := session.RegisterNode(ctx, n.b, sess, meta.NodeSession{Addr: n.cfg.addr, Version: n.cfg.version})
+	if err != nil {
+		_ = sess.Close(ctx)
+		return nil, err
+	}
+	inc := newIncarnation(n, sess, node)
+	n.mu.Lock()
+	n.id, n.cur = node.ID(), inc
+	n.mu.Unlock()
+	n.log.Info("node registered", zap.Int64("node", node.ID()), zap.Int64("lease", int64(sess.Lease())))
+	return inc, nil
+}
+
+func (n *Node) isStopping() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stopping
+}
+
+// Stop drains the node gracefully: it marks the node's session stopping
+// (the coordinator moves every channel away and places none on it), waits
+// until the node's prefix is empty and every channel is released, revokes
+// the lease, and returns once Run has returned (nil). It returns the error
+// of marking the node stopping, or ctx's error if the drain does not finish
+// in time (the node then keeps draining; cancel Run's context to stop at
+// once). Before Run registers, Stop makes Run return without registering;
+// if Run is never called, Stop waits for ctx.
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	inc := n.cur
+	n.mu.Unlock()
+	if inc != nil {
+		if err := inc.node.SetStopping(ctx); err != nil && !errors.Is(err, session.ErrNodeNotFound) {
+			// Not marked: nothing changed, the caller may retry.
+			return fmt.Errorf("nodewatch: stop: %w", err)
+		}
+	}
+	n.mu.Lock()
+	if !n.stopping {
+		n.stopping = true
+		close(n.stopCh)
+	}
+	n.mu.Unlock()
+	select {
+	case <-n.runDone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("nodewatch: stop: %w", ctx.Err())
+	}
+}
+
+// backoff spaces out retries against a failing backend: the first few are
+// immediate (a dropped watch is routine), then they back off to a cap.
+type backoff struct{ fails int }
+
+const (
+	immediateRetries = 3
+	minRetry         = 50 * time.Millisecond
+	maxRetry         = 2 * time.Second
+)
+
+func (b *backoff) reset() { b.fails = 0 }
+
+func (b *backoff) next() time.Duration {
+	b.fails++
+	if b.fails <= immediateRetries {
+		return 0
+	}
+	return min(minRetry<<min(b.fails-immediateRetries-1, 10), maxRetry)
+}
+
+// sleep waits d on clock; it returns ctx's error if ctx ends first.
+func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

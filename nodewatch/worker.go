@@ -1,0 +1,343 @@
+package nodewatch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+	"go.uber.org/zap"
+)
+
+type evKind int
+
+const (
+	evPut      evKind = iota + 1
+	evDelete          // the key was deleted (or vanished across a compaction)
+	evShutdown        // the incarnation ends: release, write nothing
+)
+
+type event struct {
+	kind evKind
+	rev  int64
+	info meta.ChannelInfo // evPut
+}
+
+// cancels reports whether e ends a running assignment: the node never
+// writes these, so they always come from the coordinator (or the end).
+func (e event) cancels() bool {
+	return e.kind != evPut || e.info.State == meta.ToRelease
+}
+
+// channel is one channel's state on this incarnation. Fields are guarded
+// by incarnation.mu; seen and held are written only by the channel's single
+// active worker.
+type channel struct {
+	name string
+	key  string
+
+	queue   []event
+	active  bool               // a worker goroutine is draining queue
+	present bool               // the key exists under the prefix (dispatcher's view)
+	cancel  context.CancelFunc // ends the current assignment's ctx; nil when none
+	watched bool               // Watch succeeded and was acked; not yet released
+	held    bool               // Watch was called and Release has not succeeded
+	seen    int64              // the key's newest mod revision handled or written
+}
+
+// enqueue hands e to the channel's worker, starting one if needed. It
+// never blocks. An event that ends the assignment cancels a running Watch
+// at once rather than waiting its turn.
+func (inc *incarnation) enqueue(name string, e event) {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	c := inc.chans[name]
+	if c == nil {
+		c = &channel{name: name, key: meta.ChannelKey(inc.id, name)}
+		inc.chans[name] = c
+	}
+	c.present = e.kind == evPut
+	c.queue = append(c.queue, e)
+	if e.cancels() && c.cancel != nil {
+		c.cancel()
+	}
+	inc.startLocked(c)
+}
+
+func (inc *incarnation) startLocked(c *channel) {
+	if c.active {
+		return
+	}
+	c.active = true
+	inc.wg.Add(1)
+	go inc.work(c)
+}
+
+// work drains c's queue in order, then exits; a channel that is neither
+// present nor held is forgotten.
+func (inc *incarnation) work(c *channel) {
+	defer inc.wg.Done()
+	for {
+		inc.mu.Lock()
+		if len(c.queue) == 0 {
+			c.active = false
+			if !c.present && !c.held && inc.chans[c.name] == c {
+				delete(inc.chans, c.name)
+			}
+			inc.mu.Unlock()
+			return
+		}
+		e := c.queue[0]
+		c.queue = c.queue[1:]
+		inc.mu.Unlock()
+		inc.handle(c, e)
+	}
+}
+
+func (inc *incarnation) handle(c *channel, e event) {
+	if e.kind == evShutdown {
+		inc.releaseLocal(c, "node session ended")
+		return
+	}
+	if inc.ctx.Err() != nil {
+		return // ending: only the shutdown event acts
+	}
+	if e.rev <= c.seen {
+		return // duplicate, stale, or our own write coming back
+	}
+	c.seen = e.rev
+	log := inc.log.With(zap.String("channel", c.name), zap.Int64("revision", e.rev))
+	switch {
+	case e.kind == evDelete:
+		inc.releaseLocal(c, "assignment deleted")
+	case e.info.State == meta.ToWatch:
+		inc.watch(c, e, log)
+	case e.info.State == meta.ToRelease:
+		inc.release(c, e, log)
+	default:
+		// Watched, WatchFailure, Released, ReleaseFailure: answers, ours.
+		log.Debug("ignoring answer state", zap.Stringer("state", e.info.State))
+	}
+}
+
+// watch runs Handler.Watch for a ToWatch assignment and acknowledges it.
+func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
+	if c.held {
+		inc.releaseLocal(c, "reassigned")
+	}
+	actx, cancel := context.WithCancel(inc.ctx)
+	defer func() {
+		// The assignment's ctx outlives this call when Watch succeeded; it
+		// is cancelled by releaseLocal. Otherwise cancel it here.
+		inc.mu.Lock()
+		if c.cancel == nil {
+			cancel()
+		}
+		inc.mu.Unlock()
+	}()
+	inc.mu.Lock()
+	c.cancel, c.held = cancel, true
+	for _, q := range c.queue {
+		if q.cancels() { // arrived before we could be cancelled
+			cancel()
+		}
+	}
+	inc.mu.Unlock()
+
+	info := e.info
+	info.AssignRevision = e.rev
+	last := e.rev
+	log.Info("watching channel")
+	err := inc.runWatch(actx, c, &info, &last, log)
+	if inc.ctx.Err() != nil {
+		inc.releaseLocal(c, "node session ended")
+		return
+	}
+	ack := info
+	if err == nil {
+		ack.State, ack.LastError = meta.Watched, ""
+	} else {
+		log.Warn("watch failed", zap.Error(err))
+		// Clean up first: the coordinator may move the channel as soon as
+		// it reads WatchFailure.
+		inc.releaseLocal(c, "watch failed")
+		ack.State, ack.LastError, ack.FailedNode = meta.WatchFailure, err.Error(), inc.id
+	}
+	if !inc.cas(c, last, ack, log) {
+		log.Info("watch acknowledgement rejected: the coordinator moved on; releasing")
+		inc.releaseLocal(c, "acknowledgement rejected")
+		return
+	}
+	if err == nil {
+		inc.mu.Lock()
+		c.watched = true
+		inc.mu.Unlock()
+		log.Info("channel watched", zap.Int64("assign_revision", info.AssignRevision))
+	}
+}
+
+// runWatch calls Handler.Watch and, every progress interval until it
+// returns, bumps Progress with a compare on the key's last known mod
+// revision. A failed compare means the coordinator rewrote the key: the
+// assignment's ctx is cancelled.
+func (inc *incarnation) runWatch(actx context.Context, c *channel, info *meta.ChannelInfo, last *int64, log *zap.Logger) error {
+	done := make(chan error, 1)
+	arg := *info
+	go func() {
+		done <- inc.call("Watch", c.name, func() error { return inc.n.h.Watch(actx, arg) })
+	}()
+	clock := inc.n.cfg.clock
+	t := clock.NewTimer(inc.n.cfg.progress)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.Chan():
+			if actx.Err() == nil {
+				p := *info
+				p.Progress++
+				switch ok, rev, err := inc.casOnce(actx, c.key, *last, p); {
+				case err != nil:
+					log.Info("progress heartbeat failed", zap.Error(err))
+				case !ok:
+					log.Info("assignment changed while watching; cancelling")
+					inc.mu.Lock()
+					if c.cancel != nil {
+						c.cancel()
+					}
+					inc.mu.Unlock()
+				default:
+					info.Progress, *last = p.Progress, rev
+					c.seen = max(c.seen, rev)
+				}
+			}
+			t.Reset(inc.n.cfg.progress)
+		}
+	}
+}
+
+// release answers a ToRelease.
+func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
+	err := inc.releaseLocal(c, "coordinator asked")
+	ack := e.info
+	if err == nil {
+		ack.State, ack.LastError = meta.Released, ""
+	} else {
+		ack.State, ack.LastError = meta.ReleaseFailure, err.Error()
+	}
+	if !inc.cas(c, e.rev, ack, log) {
+		log.Info("release acknowledgement rejected: the coordinator moved on")
+		return
+	}
+	log.Info("channel released", zap.Stringer("state", ack.State))
+}
+
+// releaseLocal ends the current assignment: cancel its ctx, then Release
+// if Watch was called and Release has not succeeded since. It writes
+// nothing.
+func (inc *incarnation) releaseLocal(c *channel, why string) error {
+	inc.mu.Lock()
+	cancel, held := c.cancel, c.held
+	c.cancel = nil
+	inc.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if !held {
+		return nil
+	}
+	err := inc.call("Release", c.name, func() error { return inc.n.h.Release(inc.relCtx, c.name) })
+	inc.mu.Lock()
+	c.watched = false
+	c.held = err != nil // a failed Release is retried before the next Watch
+	inc.mu.Unlock()
+	if err != nil {
+		inc.log.Warn("release failed", zap.String("channel", c.name), zap.String("why", why), zap.Error(err))
+	} else {
+		inc.log.Info("channel stopped", zap.String("channel", c.name), zap.String("why", why))
+	}
+	return err
+}
+
+// cas writes info to c's key if its mod revision is still last, retrying
+// transient errors with backoff until the incarnation ends. It reports
+// whether the value is in place; false means the coordinator moved on (or
+// the node's session ended).
+func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *zap.Logger) bool {
+	var retry backoff
+	ambiguous := false
+	for {
+		ok, rev, cur, err := inc.casRead(inc.ctx, c.key, last, info)
+		switch {
+		case err == nil && ok:
+			c.seen = max(c.seen, rev)
+			return true
+		case err == nil:
+			// An earlier attempt whose outcome was unknown may have landed.
+			if ambiguous && cur != nil {
+				if val, _ := meta.EncodeChannelInfo(info); bytes.Equal(cur.Value, val) {
+					c.seen = max(c.seen, cur.ModRevision)
+					return true
+				}
+			}
+			return false
+		case inc.ctx.Err() != nil:
+			return false
+		case errors.Is(err, meta.ErrInvalidChannel), errors.Is(err, meta.ErrCorruptValue):
+			log.Error("cannot encode acknowledgement", zap.Error(err))
+			return false
+		}
+		ambiguous = ambiguous || errors.Is(err, kv.ErrUnknownOutcome)
+		d := retry.next()
+		log.Info("acknowledgement failed; retrying", zap.Duration("after", d), zap.Error(err))
+		if sleep(inc.ctx, inc.n.cfg.clock, d) != nil {
+			return false
+		}
+	}
+}
+
+func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, error) {
+	ok, rev, _, err := inc.casRead(ctx, key, last, info)
+	return ok, rev, err
+}
+
+// casRead is one If(ModRevision(key)==last) Then(Put) Else(Get) txn.
+func (inc *incarnation) casRead(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, *kv.KeyValue, error) {
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		return false, 0, nil, err
+	}
+	resp, err := inc.n.b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpModRevision(key, kv.Equal, last)},
+		Then: []kv.Op{kv.OpPut(key, val)},
+		Else: []kv.Op{kv.OpGet(key)},
+	})
+	if err != nil {
+		return false, 0, nil, err
+	}
+	if !resp.Succeeded {
+		var cur *kv.KeyValue
+		if len(resp.Responses) == 1 {
+			cur = resp.Responses[0].KV
+		}
+		return false, resp.Revision, cur, nil
+	}
+	return true, resp.Revision, nil, nil
+}
+
+// call runs a Handler method, turning a panic into an error (logged with
+// its stack; the error itself stays short, as it lands in LastError).
+func (inc *incarnation) call(what, channel string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			inc.log.Error("handler panicked", zap.String("method", what), zap.String("channel", channel),
+				zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			err = fmt.Errorf("nodewatch: %s(%q) panicked: %v", what, channel, r)
+		}
+	}()
+	return f()
+}
