@@ -223,19 +223,25 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		rt.target = 0
 	}
 	// Count the load where the channel is (or is going) even while we wait.
-	if primary != nil && primary.node != 0 && !primary.corrupt && primary.info.State != meta.Released {
-		at := primary.node
+	pending := rt.pending(r.v.rev, now)
+	var at int64
+	switch {
+	case pending && rt.placedOn != 0:
+		at = rt.placedOn // our placement is not in the view yet
+	case primary != nil && primary.node != 0 && !primary.corrupt && primary.info.State != meta.Released:
+		at = primary.node
 		if rt.target != 0 {
 			at = rt.target
 		}
-		if l := p.loads[at]; l != nil {
-			l.Channels = append(l.Channels, r.policyChannel(ch, reg, 0))
-		}
 	}
-	if rt.pending(r.v.rev, now) {
+	if l := p.loads[at]; l != nil && reg != nil {
+		l.Channels = append(l.Channels, r.policyChannel(ch, reg, 0))
+	}
+	if pending {
 		p.pending = true
 		return
 	}
+	rt.placedOn = 0
 	const maxExtrasPerPass = 8 // keep one channel's merged unit far below MaxTxnOps
 	for i, k := range extras {
 		if i == maxExtrasPerPass {
@@ -255,7 +261,7 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		return
 	}
 	if len(extras) == 0 && primary.node != 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
-		if l := p.loads[primary.node]; l != nil {
+		if l := p.loads[primary.node]; l != nil && at == primary.node {
 			p.movable[ch] = primary
 			l.Channels[len(l.Channels)-1].Movable = true
 		}
@@ -556,15 +562,17 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 	}
 	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
 	u.done = append(u.done, func(rev int64) {
-		rt.target = 0
+		rt.target, rt.placedOn = 0, target
+		fields := []zap.Field{zap.String("channel", ch), zap.Int64("node", target), zap.Int64("revision", rev)}
+		if from >= 0 {
+			fields = append(fields, zap.Int64("from", from))
+		}
 		if target == 0 {
-			r.log.Info("channel remaining: no serving node", zap.String("channel", ch), zap.Int64("node", 0),
-				zap.Int64("revision", rev), zap.Int64("from", from))
+			r.log.Info("channel remaining: no serving node", fields...)
 			return
 		}
 		m.placed.Inc()
-		r.log.Info("assigned channel", zap.String("channel", ch), zap.Int64("node", target),
-			zap.Int64("revision", rev), zap.Int64("from", from), zap.Int("attempts", info.Attempts))
+		r.log.Info("assigned channel", append(fields, zap.Int("attempts", info.Attempts))...)
 	})
 	return u
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -81,7 +82,9 @@ func (h *harness) eventually(what string, cond func() bool) {
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %s\nstate:\n%s", what, h.dump())
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			h.t.Fatalf("timed out waiting for %s\nstate:\n%s\ngoroutines:\n%s", what, h.dump(), buf)
 		}
 		<-tick.C
 	}
@@ -505,5 +508,65 @@ func (n *fakeNode) bumpProgress(ch string) {
 	})
 	if err != nil || !resp.Succeeded {
 		n.h.t.Fatalf("progress bump: %v %v", resp.Succeeded, err)
+	}
+}
+
+// events returns the events under prefix with revisions in (from, to].
+func (h *harness) events(prefix string, from, to int64) []kv.Event {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.ctx, waitFor)
+	defer cancel()
+	var out []kv.Event
+	if to <= from {
+		return nil
+	}
+	for resp := range h.kv.Watch(ctx, prefix, from+1) {
+		if resp.Err != nil {
+			h.t.Fatal(resp.Err)
+		}
+		for _, ev := range resp.Events {
+			if ev.Revision() > to {
+				return out
+			}
+			out = append(out, ev)
+			if ev.Revision() == to {
+				return out
+			}
+		}
+	}
+	h.t.Fatalf("watch of %s ended before revision %d", prefix, to)
+	return nil
+}
+
+// lastChannelRev is the highest mod revision under channel/.
+func (h *harness) lastChannelRev() int64 {
+	var rev int64
+	kvs, _, err := h.kv.List(h.ctx, meta.ChannelPrefix)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, e := range kvs {
+		rev = max(rev, e.ModRevision)
+	}
+	return rev
+}
+
+func (h *harness) rev() int64 {
+	_, rev, err := h.kv.List(h.ctx, meta.ControlPrefix)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return rev
+}
+
+// putInfo writes an assignment directly, as a state left by a crash.
+func (h *harness) putInfo(node int64, info meta.ChannelInfo) {
+	h.t.Helper()
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := kv.Put(h.ctx, h.kv, meta.ChannelKey(node, info.Name), val); err != nil {
+		h.t.Fatal(err)
 	}
 }

@@ -45,6 +45,8 @@ type chanRT struct {
 	deadline time.Time
 	// target is the node a balance move takes the channel to.
 	target int64
+	// placedOn is the node of our last placement while it is pending.
+	placedOn int64
 	// notBefore delays re-placement after a failure (backoff), armed for
 	// the Released key at backoffRev.
 	backoffRev int64
