@@ -14,15 +14,18 @@ import (
 // alternate: Watch, then Release, then (for a later assignment) Watch again.
 // A slow call delays only its own channel.
 //
-// Lifetime: every Watch is followed by exactly one Release of that channel
-// once the assignment ends, whatever Watch returned; Release is never called
-// for a channel that was not watched by this Node, except that a failed
-// Release is called again before the next Watch of that channel (so it must
-// be idempotent). Both methods must return: the node waits for them, and on
-// session loss the lease may expire on the server (letting another node
-// start the channel) one fence margin (TTL/5 by default) after the node
-// begins releasing, so Release must finish within that margin to keep the
-// at-most-one-owner guarantee.
+// Lifetime: every Watch is followed by a Release of that channel once the
+// assignment ends, whatever Watch returned (after a failed Watch, before the
+// failure is reported). Release is called again only after it failed (on
+// the next ToRelease, deletion or Watch of that channel), so it must be
+// idempotent; it is never called for a channel this Node did not watch.
+//
+// Both methods must return, and Watch promptly once its ctx is cancelled:
+// the node waits for them. On session loss the lease may expire on the
+// server (letting another node start the channel) one fence margin (TTL/5)
+// after the node starts releasing, so cancelled Watches and the Releases
+// must finish within that margin to keep the at-most-one-owner guarantee;
+// beyond it, only the fencing token protects downstream state.
 //
 // A panic in either method is recovered and treated as an error.
 type Handler interface {
@@ -41,13 +44,13 @@ type Handler interface {
 	// former owner is recognisably stale.
 	//
 	// nil reports Watched; an error reports WatchFailure with the error's
-	// text (and Release is called to clean up).
+	// text (Release is called to clean up first).
 	Watch(ctx context.Context, info meta.ChannelInfo) error
 
 	// Release stops the channel and frees what Watch built. It is called
-	// once after every Watch, after that Watch's ctx is cancelled and Watch
-	// has returned, and must be idempotent. Its ctx is not cancelled by the
-	// end of the assignment. nil reports Released when the coordinator asked
+	// after every Watch, once that Watch's ctx is cancelled and Watch has
+	// returned (again only if it failed), and must be idempotent. Its ctx is
+	// not cancelled by the end of the assignment. nil reports Released when the coordinator asked
 	// for the release; an error reports ReleaseFailure with the error's text.
 	Release(ctx context.Context, channel string) error
 }

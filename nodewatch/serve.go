@@ -132,7 +132,7 @@ func (inc *incarnation) dispatch(ctx context.Context) endReason {
 	retry.reset()
 
 	for {
-		if draining && inc.empty() {
+		if draining && listed && inc.empty() {
 			inc.log.Info("drained: no assignment left")
 			return endDrained
 		}
