@@ -253,3 +253,278 @@ func TestReleaseTimeoutEvictsAndWaitsOneTTL(t *testing.T) {
 		t.Fatalf("evictions metric = %v", got)
 	}
 }
+
+func TestBalanceOnJoinMinimalMoves(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(2)
+	h.lead(WithMaxMovesInFlight(3))
+	chs := names("ch", 20)
+	h.register(1, chs[:10]...)
+	h.register(2, chs[10:]...)
+	h.eventually("all watched", func() bool { return h.allWatched(chs) })
+	before := h.assignments()
+	n3 := h.addNode()
+	h.eventually("balanced 7/7/6", func() bool {
+		c := h.counts()
+		return h.allWatched(chs) && c[n3.id] == 6 && c[ns[0].id] == 7 && c[ns[1].id] == 7
+	})
+	moved := 0
+	for ch, a := range h.assignments() {
+		if a.node != before[ch].node {
+			moved++
+			if a.node != n3.id {
+				t.Errorf("%s moved %d -> %d, not to the joiner", ch, before[ch].node, a.node)
+			}
+		}
+	}
+	if moved != 6 {
+		t.Fatalf("%d channels moved, want the minimum 6", moved)
+	}
+	// Both collections are spread onto the joiner.
+	per := map[int64]int{}
+	for _, a := range h.assignments() {
+		if a.node == n3.id {
+			per[a.info.CollectionID]++
+		}
+	}
+	if per[1] != 3 || per[2] != 3 {
+		t.Fatalf("joiner's channels by collection: %v, want 3 and 3", per)
+	}
+}
+
+func TestPauseStopsBalanceNotFailover(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(2)
+	c := h.lead()
+	chs := names("ch", 10)
+	h.register(1, chs...)
+	h.eventually("all watched", func() bool { return h.allWatched(chs) })
+	if err := PauseBalance(h.ctx, h.kv); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := BalancePaused(h.ctx, h.kv); err != nil || !p {
+		t.Fatalf("BalancePaused = %v, %v", p, err)
+	}
+	n3 := h.addNode()
+	h.advance(5*step, c)
+	if got := h.counts()[n3.id]; got != 0 {
+		t.Fatalf("balance moved %d channels to the joiner while paused", got)
+	}
+	// Failover goes on while paused: node 0 dies, its channels move.
+	ns[0].crash()
+	h.advance(nodeTTL+step, c)
+	h.eventually("failover while paused", func() bool { return h.allWatched(chs, ns[1].id, n3.id) })
+	if err := ResumeBalance(h.ctx, h.kv); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("balanced after resume", func() bool {
+		cn := h.counts()
+		d := cn[ns[1].id] - cn[n3.id]
+		return h.allWatched(chs) && d <= 1 && d >= -1
+	})
+}
+
+func TestDeregister(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(h *harness, n *fakeNode) // leaves channel x in some state
+		state meta.State
+	}{
+		{"watched", func(h *harness, n *fakeNode) {}, meta.Watched},
+		{"to-watch", func(h *harness, n *fakeNode) { n.set(func(n *fakeNode) { n.ignoreWat = true }) }, meta.ToWatch},
+		{"watch-failure-loop", func(h *harness, n *fakeNode) { n.set(func(n *fakeNode) { n.failWatch["x"] = true }) }, meta.Released},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			n := h.addNode()
+			h.lead()
+			tc.setup(h, n)
+			h.register(1, "x", "y")
+			h.eventually("x in "+tc.state.String(), func() bool { return h.assignment("x").info.State == tc.state })
+			if err := Deregister(h.ctx, h.kv, "x"); err != nil {
+				t.Fatal(err)
+			}
+			h.eventually("x gone", func() bool { _, ok := h.assignments()["x"]; return !ok })
+			if _, _, err := Owner(h.ctx, h.kv, "x"); !errors.Is(err, ErrNotAssigned) {
+				t.Fatalf("Owner after deregister: %v", err)
+			}
+			if a, ok := h.assignments()["y"]; !ok || a.node != n.id {
+				t.Fatalf("y lost: %+v", a)
+			}
+		})
+	}
+	t.Run("remaining", func(t *testing.T) {
+		h := newHarness(t)
+		h.lead()
+		h.register(1, "x")
+		h.eventually("x remaining", func() bool { a, ok := h.assignments()["x"]; return ok && a.node == 0 })
+		if err := Deregister(h.ctx, h.kv, "x"); err != nil {
+			t.Fatal(err)
+		}
+		h.eventually("x gone", func() bool { _, ok := h.assignments()["x"]; return !ok })
+	})
+	t.Run("dead-node", func(t *testing.T) {
+		h := newHarness(t)
+		n := h.addNode()
+		c := h.lead()
+		h.register(1, "x")
+		h.eventually("x watched", func() bool { return h.allWatched([]string{"x"}) })
+		n.crash()
+		if err := Deregister(h.ctx, h.kv, "x"); err != nil {
+			t.Fatal(err)
+		}
+		// The node still looks alive until its lease expires: ToRelease,
+		// unanswered; then the node is gone and the key is deleted.
+		h.eventually("x ToRelease", func() bool { return h.assignment("x").info.State == meta.ToRelease })
+		h.advance(nodeTTL+step, c)
+		h.eventually("x gone", func() bool { _, ok := h.assignments()["x"]; return !ok })
+	})
+}
+
+func TestRegistryErrors(t *testing.T) {
+	h := newHarness(t)
+	h.register(1, "x")
+	if err := Register(h.ctx, h.kv, meta.ChannelSpec{Name: "x"}); !errors.Is(err, ErrAlreadyRegistered) {
+		t.Fatalf("duplicate Register: %v", err)
+	}
+	if err := Deregister(h.ctx, h.kv, "nope"); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("Deregister unknown: %v", err)
+	}
+	if err := Register(h.ctx, h.kv, meta.ChannelSpec{Name: "a/b"}); !errors.Is(err, meta.ErrInvalidChannel) {
+		t.Fatalf("bad name: %v", err)
+	}
+	if _, _, err := Owner(h.ctx, h.kv, "x"); !errors.Is(err, ErrNotAssigned) {
+		t.Fatalf("Owner before placement: %v", err)
+	}
+	if _, err := Channels(h.ctx, h.kv, 0); !errors.Is(err, meta.ErrInvalidNodeID) {
+		t.Fatalf("Channels(0): %v", err)
+	}
+	if err := Deregister(h.ctx, h.kv, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Register(h.ctx, h.kv, meta.ChannelSpec{Name: "x"}); err != nil {
+		t.Fatalf("register after deregister: %v", err)
+	}
+}
+
+func TestNewValidatesOptions(t *testing.T) {
+	h := newHarness(t)
+	for name, o := range map[string]Option{
+		"ttl":      WithSessionTTL(0),
+		"node ttl": WithNodeTTL(-1),
+		"watch":    WithWatchTimeout(0),
+		"release":  WithReleaseTimeout(0),
+		"check":    WithCheckInterval(0),
+		"policy":   WithPolicy(nil),
+		"moves":    WithMaxMovesInFlight(0),
+		"backoff":  WithBackoff(time.Second, time.Millisecond),
+		"clock":    WithClock(nil),
+	} {
+		if _, err := New(h.kv, o); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("%s: New = %v, want ErrInvalidOption", name, err)
+		}
+	}
+	if _, err := New(nil); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("nil backend: %v", err)
+	}
+}
+
+// TestStartupRecovery starts a coordinator on a root left in every state a
+// crash can leave behind, and checks the reconcile repairs each one.
+func TestStartupRecovery(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(3)
+	a, b, stuck := ns[0], ns[1], ns[2]
+	stuck.set(func(n *fakeNode) { n.ignoreRel = true })
+	const dead = 99 // a node that died before the coordinator started
+	reg := []string{"r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10"}
+	h.register(1, reg...)
+	info := func(ch string, s meta.State) meta.ChannelInfo {
+		return meta.ChannelInfo{Name: ch, CollectionID: 1, State: s}
+	}
+	// r1: registered, no assignment.
+	h.putInfo(a.id, info("r2", meta.Watched))   // healthy: must stay untouched
+	h.putInfo(a.id, info("r3", meta.ToWatch))   // a answers it
+	h.putInfo(b.id, info("r4", meta.ToRelease)) // b answers Released: place again
+	wf := info("r5", meta.WatchFailure)
+	wf.FailedNode, wf.LastError = a.id, "boom"
+	h.putInfo(a.id, wf)                                  // release, then place avoiding a
+	h.putInfo(dead, info("r6", meta.Watched))            // dead node: move after one TTL
+	h.putInfo(dead, info("r7", meta.ToWatch))            // ditto, counted as a failed attempt
+	h.putInfo(0, info("r8", meta.ToWatch))               // remaining: place
+	h.putInfo(stuck.id, info("r9", meta.ReleaseFailure)) // evict stuck, move after its TTL
+	h.putInfo(a.id, info("r10", meta.Watched))           // r10 has two keys:
+	h.putInfo(0, info("r10", meta.ToWatch))              // the remaining one goes
+	h.putInfo(a.id, info("u1", meta.Watched))            // not registered: release, delete
+	h.putInfo(0, info("u2", meta.ToWatch))               // not registered: delete
+	h.putInfo(dead, info("u3", meta.Released))           // not registered, dead node: delete after one TTL
+	h.eventually("nodes answered", func() bool {
+		kvs, _, _ := h.kv.List(h.ctx, meta.ChannelPrefix)
+		st := map[string]meta.State{}
+		for _, e := range kvs {
+			node, ch, _ := meta.ParseChannelKey(e.Key)
+			if node != 0 {
+				i, _ := meta.DecodeChannelInfo(e.Key, e.Value)
+				st[ch] = i.State
+			}
+		}
+		return st["r3"] == meta.Watched && st["r4"] == meta.Released
+	})
+	r2Rev := func() int64 {
+		e, _, err := h.kv.Get(h.ctx, meta.ChannelKey(a.id, "r2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.ModRevision
+	}
+	before := r2Rev()
+
+	c := h.lead()
+	h.eventually("u1, u2 gone; r1, r4, r8 placed", func() bool {
+		as := map[string]assignment{}
+		kvs, _, _ := h.kv.List(h.ctx, meta.ChannelPrefix)
+		for _, e := range kvs {
+			node, ch, _ := meta.ParseChannelKey(e.Key)
+			i, _ := meta.DecodeChannelInfo(e.Key, e.Value)
+			if prev, dup := as[ch]; dup && ch != "r10" {
+				t.Errorf("%s has two keys (%d, %d)", ch, prev.node, node)
+			}
+			as[ch] = assignment{node: node, info: i}
+		}
+		_, u1 := as["u1"]
+		_, u2 := as["u2"]
+		return !u1 && !u2 && h.allWatchedIn(as, "r1", "r4", "r8")
+	})
+	h.eventually("duplicate of r10 removed", func() bool { _, _, err := h.kv.Get(h.ctx, meta.RemainingKey("r10")); return err != nil })
+	if as := h.assignments(); as["r6"].node != dead || as["r7"].node != dead {
+		t.Fatalf("r6/r7 moved before one node TTL: r6=%d r7=%d", as["r6"].node, as["r7"].node)
+	}
+	h.advance(3*step, c) // r5's backoff
+	h.eventually("r5 watched away from its failed node", func() bool {
+		a5 := h.assignment("r5")
+		return a5.node != a.id && a5.info.State == meta.Watched
+	})
+	h.advance(nodeTTL+step, c)
+	h.advance(nodeTTL+step, c) // the evicted node's TTL
+	h.eventually("everything registered watched on a or b", func() bool { return h.allWatched(reg, a.id, b.id) })
+	h.eventually("u3 gone", func() bool { _, ok := h.assignments()["u3"]; return !ok })
+	if got := r2Rev(); got != before {
+		t.Fatalf("healthy r2 was rewritten (mod revision %d -> %d)", before, got)
+	}
+	if i := h.assignment("r7").info; i.Attempts != 1 || i.FailedNode != dead {
+		t.Fatalf("r7 on a dead node while ToWatch not counted as a failure: %+v", i)
+	}
+	if _, err := h.kv.TimeToLive(h.ctx, stuck.lease); !errors.Is(err, kv.ErrLeaseNotFound) {
+		t.Fatalf("stuck node not evicted: %v", err)
+	}
+}
+
+// allWatchedIn is allWatched on a given listing.
+func (h *harness) allWatchedIn(as map[string]assignment, chs ...string) bool {
+	for _, ch := range chs {
+		if a, ok := as[ch]; !ok || a.node == 0 || a.info.State != meta.Watched {
+			return false
+		}
+	}
+	return true
+}
