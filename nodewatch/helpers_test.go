@@ -14,7 +14,6 @@ import (
 	"github.com/chanwatch/chanwatch/nodewatch"
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
-	"go.uber.org/zap"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -335,5 +334,3 @@ func (g *gate) waitStarted(t testing.TB, ch string) {
 }
 
 var errBoom = errors.New("boom")
-
-var _ = zap.NewNop
