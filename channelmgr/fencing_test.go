@@ -1,0 +1,252 @@
+package channelmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/memkv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+)
+
+// recorder wraps a coordinator's backend and records, once armed, every
+// write it gets applied: successful txns that write, and revokes.
+type recorder struct {
+	kv.Backend
+	mu     sync.Mutex
+	armed  bool
+	writes []string
+}
+
+func (r *recorder) arm(on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.armed = on
+}
+
+func (r *recorder) record(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.armed {
+		r.writes = append(r.writes, s)
+	}
+}
+
+func (r *recorder) recorded() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.writes...)
+}
+
+func (r *recorder) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	resp, err := r.Backend.Txn(ctx, t)
+	if err == nil {
+		branch := t.Else
+		if resp.Succeeded {
+			branch = t.Then
+		}
+		for _, o := range branch {
+			if o.IsWrite() {
+				r.record(fmt.Sprintf("txn at revision %d: %v %s", resp.Revision, o.Type, o.Key))
+			}
+		}
+	}
+	return resp, err
+}
+
+func (r *recorder) Revoke(ctx context.Context, id kv.LeaseID) error {
+	err := r.Backend.Revoke(ctx, id)
+	if err == nil {
+		r.record(fmt.Sprintf("revoke %d", id))
+	}
+	return err
+}
+
+// TestDeposedCoordinatorWritesNothing hangs the leader's backend handle
+// (its session can no longer renew), lets a standby take over and move the
+// channels of a node that died meanwhile, then releases the hang: the
+// deposed coordinator must not write anything.
+func TestDeposedCoordinatorWritesNothing(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(2)
+	handle := h.kv.NewClient()
+	rec := &recorder{Backend: handle}
+	a := h.startCoord(rec, WithID("a"), WithSessionTTL(nodeTTL))
+	h.eventually("a leads", func() bool { return a.IsLeader() && a.lastPass.Load() != 0 })
+	b := h.startCoord(nil, WithID("b"))
+	chs := names("ch", 12)
+	h.register(1, chs...)
+	h.eventually("all watched", func() bool { return h.allWatched(chs) })
+
+	release := handle.Hang()
+	rec.arm(true)
+	ns[0].crash() // work for whoever leads: move ns[0]'s channels
+	for i := 0; !b.IsLeader(); i++ {
+		if i == 30 {
+			t.Fatalf("b did not take over in 30s\n%s", h.dump())
+		}
+		h.advance(step)
+	}
+	if a.IsLeader() {
+		t.Fatal("two leaders")
+	}
+	h.advance(nodeTTL+step, b)
+	h.eventually("b moved the dead node's channels", func() bool { return h.allWatched(chs, ns[1].id) })
+	release()
+	// Give a every chance to act on its stale view.
+	h.advance(5*step, b)
+	h.eventually("a campaigns again", func() bool { return a.lastPass.Load() != 0 && !a.IsLeader() })
+	if w := rec.recorded(); len(w) != 0 {
+		t.Fatalf("the deposed coordinator wrote: %v", w)
+	}
+	if !b.IsLeader() || !h.allWatched(chs, ns[1].id) {
+		t.Fatalf("b lost the lead or channels moved\n%s", h.dump())
+	}
+	rec.arm(false)
+}
+
+// fakeLeader is a Leadership as a deposed coordinator remembers it.
+type fakeLeader struct {
+	token int64
+	done  chan struct{}
+}
+
+func (f fakeLeader) Guard() kv.Cmp {
+	return kv.CmpCreateRevision(meta.CoordinatorKey, kv.Equal, f.token)
+}
+func (f fakeLeader) Token() int64          { return f.token }
+func (f fakeLeader) Done() <-chan struct{} { return f.done }
+
+// TestStaleGuardIsRejected runs the decision loop with a token that is no
+// longer the leader key's: its first write fails the guard, the loop stops
+// at once with nothing written, and the rejection is counted.
+func TestStaleGuardIsRejected(t *testing.T) {
+	h := newHarness(t)
+	h.addNode()
+	// The current leader's key, created by someone else.
+	rev, err := kv.Put(h.ctx, h.kv, meta.CoordinatorKey, []byte(`{"v":1,"id":"new"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.register(1, "x")
+	c, err := New(h.kv.NewClient(), h.coordOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, waitFor)
+	defer cancel()
+	err = c.lead(ctx, fakeLeader{token: rev - 1, done: make(chan struct{})})
+	if !errors.Is(err, errLeadershipLost) {
+		t.Fatalf("lead = %v, want errLeadershipLost", err)
+	}
+	if c.IsLeader() {
+		t.Fatal("still leader")
+	}
+	if as := h.assignments(); len(as) != 0 {
+		t.Fatalf("stale coordinator wrote %v", as)
+	}
+	if got := testutil.ToFloat64(c.m.fenced); got != 1 {
+		t.Fatalf("fencing rejections = %v", got)
+	}
+}
+
+// TestTwoThousandChannelsMove moves 2,000 channels off a dead node with
+// etcd's default txn limit (128 entries per branch, the guard included).
+func TestTwoThousandChannelsMove(t *testing.T) {
+	h := newHarness(t, memkv.WithMaxTxnOps(128))
+	ns := h.addNodes(2)
+	c := h.lead(WithLogger(zap.NewNop())) // 4,000 log lines would dominate the run
+	chs := names("ch", 2000)
+	h.bulkRegister(chs)
+	h.eventually("2000 watched", func() bool { return h.allWatched(chs) })
+	onDead := h.counts()[ns[0].id]
+	start := h.rev()
+	ns[0].crash()
+	h.advance(nodeTTL+step, c)
+	h.eventually("all on the survivor", func() bool { return h.allWatched(chs, ns[1].id) })
+	events := h.events(meta.ChannelPrefix, start, h.lastChannelRev())
+	revs := moveRevisions(t, events, ns[0].id)
+	moved := 0
+	for rev, n := range revs {
+		moved += n
+		// Each move is a delete and a put: <= 63 moves fit 127 ops.
+		if 2*n > 127 {
+			t.Fatalf("txn at revision %d moved %d channels", rev, n)
+		}
+	}
+	if moved != onDead || onDead < 900 {
+		t.Fatalf("moved %d of %d", moved, onDead)
+	}
+	t.Logf("%d channels moved in %d txns", moved, len(revs))
+}
+
+// bulkRegister registers many channels in few txns (as a migration would).
+func (h *harness) bulkRegister(chs []string) {
+	h.t.Helper()
+	for i := 0; i < len(chs); i += 100 {
+		var t kv.Txn
+		for _, ch := range chs[i:min(i+100, len(chs))] {
+			val, err := meta.EncodeChannelSpec(meta.ChannelSpec{Name: ch, CollectionID: int64(len(ch) % 5)})
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			t.If = append(t.If, kv.CmpMissing(meta.RegistryKey(ch)))
+			t.Then = append(t.Then, kv.OpPut(meta.RegistryKey(ch), val))
+		}
+		if resp, err := h.kv.Txn(h.ctx, t); err != nil || !resp.Succeeded {
+			h.t.Fatalf("bulk register: %v %v", resp.Succeeded, err)
+		}
+	}
+}
+
+// TestCorruptValuesSkippedAndCounted plants keys that do not parse under
+// channel/ and registry/: each is logged and counted once, never stops the
+// loop, and is repaired only where that is safe.
+func TestCorruptValuesSkippedAndCounted(t *testing.T) {
+	h := newHarness(t)
+	n := h.addNode()
+	put := func(key, val string) {
+		if _, err := kv.Put(h.ctx, h.kv, key, []byte(val)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.register(1, "fixme")
+	put(meta.RemainingKey("junk"), "{{{")                            // unregistered, remaining: deleted
+	put(meta.ChannelKey(7, "gone"), `{"v":9}`)                       // unregistered, dead node: deleted after one TTL
+	put(meta.ChannelPrefix+"no-channel-segment", "x")                // foreign key: left alone
+	put(meta.ChannelKey(n.id, "fixme"), `{"v":1,"state":"Dancing"}`) // live node: released, then placed
+	put(meta.RegistryKey("broken"), "not json")                      // corrupt spec: held
+	reg := prometheus.NewRegistry()
+	c := h.lead(WithRegisterer(reg))
+	h.register(1, "good")
+	h.eventually("good and fixme watched", func() bool { return h.allWatched([]string{"good", "fixme"}, n.id) })
+	h.eventually("junk deleted", func() bool { _, _, err := h.kv.Get(h.ctx, meta.RemainingKey("junk")); return err != nil })
+	h.advance(nodeTTL+step, c)
+	h.eventually("gone deleted", func() bool { _, _, err := h.kv.Get(h.ctx, meta.ChannelKey(7, "gone")); return err != nil })
+	if _, _, err := h.kv.Get(h.ctx, meta.ChannelPrefix+"no-channel-segment"); err != nil {
+		t.Fatalf("foreign key touched: %v", err)
+	}
+	if _, _, err := Owner(h.ctx, h.kv, "broken"); !errors.Is(err, ErrNotAssigned) {
+		t.Fatalf("channel with a corrupt spec placed: %v", err)
+	}
+	// Counted once each, although the loop has seen them many times.
+	if got := testutil.ToFloat64(c.m.corrupt.WithLabelValues("channel")); got != 4 {
+		t.Fatalf("corrupt channel keys counted %v times, want 4", got)
+	}
+	if got := testutil.ToFloat64(c.m.corrupt.WithLabelValues("registry")); got != 1 {
+		t.Fatalf("corrupt registry keys counted %v times, want 1", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "chanwatch_coordinator_corrupt_keys_total"); err != nil || n != 2 {
+		t.Fatalf("metric not exported: %d series, %v", n, err)
+	}
+	// Channels lists the good values and reports nothing corrupt left.
+	if infos, err := Channels(h.ctx, h.kv, n.id); err != nil || len(infos) != 2 {
+		t.Fatalf("Channels = %v, %v", infos, err)
+	}
+}
