@@ -122,12 +122,22 @@ func (rt *chanRT) pending(rev int64, now time.Time) bool {
 // such as a Progress bump, re-arms it) and reports whether it expired.
 // Nothing times out while the watch is down: an answer may be unseen.
 func (r *reconciler) timedOut(k *keyEntry, d time.Duration, now time.Time) bool {
-	rt := r.ch(k.ch)
-	if rt.armedRev != k.modRev {
-		rt.armedRev, rt.deadline = k.modRev, now.Add(d)
+	t := r.timers[k.key]
+	if t.rev != k.modRev {
+		r.timers[k.key] = timer{rev: k.modRev, deadline: now.Add(d)}
 		return false
 	}
-	return r.watchOK && !now.Before(rt.deadline)
+	return r.watchOK && !now.Before(t.deadline)
+}
+
+// goneWait reports whether key k, on a node that is gone, must still wait
+// for the node to have certainly stopped. A Released key need not wait:
+// the node said it stopped the channel, and only a new ToWatch restarts it.
+func (r *reconciler) goneWait(k *keyEntry, now time.Time) bool {
+	if !k.corrupt && k.info.State == meta.Released {
+		return false
+	}
+	return now.Before(r.movableAt(k.node))
 }
 
 // rank orders a channel's keys when it has more than one (never made by
@@ -201,10 +211,15 @@ func (r *reconciler) decide(now time.Time) *plan {
 		r.balance(p, serving)
 	}
 	r.gauges()
-	// Forget channels that are gone for good.
+	// Forget channels and timers that are gone for good.
 	for ch, rt := range r.chans {
 		if _, ok := names[ch]; !ok && !rt.pending(r.v.rev, now) {
 			delete(r.chans, ch)
+		}
+	}
+	for key := range r.timers {
+		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.keys[ch][key] == nil {
+			delete(r.timers, key)
 		}
 	}
 	return p
@@ -300,7 +315,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	}
 	ne, live := r.live(k.node)
 	if !live {
-		if now.Before(r.movableAt(k.node)) {
+		if r.goneWait(k, now) {
 			r.hold(rt, k.modRev, "channel on a gone node waits until the node has certainly stopped", ch, k.node)
 			return
 		}
@@ -366,7 +381,7 @@ func (r *reconciler) cleanup(p *plan, ch string, reg *regEntry, k *keyEntry, now
 		return
 	}
 	if _, live := r.live(k.node); !live {
-		if now.Before(r.movableAt(k.node)) {
+		if r.goneWait(k, now) {
 			r.hold(r.ch(ch), k.modRev, "key on a gone node waits until the node has certainly stopped", ch, k.node)
 			return
 		}

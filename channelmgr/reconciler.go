@@ -27,7 +27,8 @@ type reconciler struct {
 	chans   map[string]*chanRT
 	nodes   map[int64]*nodeRT
 	badSeen map[string]int64
-	retry   []*batch // batches whose outcome is unknown, to resend as they are
+	timers  map[string]timer // by assignment key
+	retry   []*batch         // batches whose outcome is unknown, to resend as they are
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -39,10 +40,6 @@ type chanRT struct {
 	pendingUntil time.Time
 	uncertain    bool // in a batch awaiting an identical resend
 	solo         bool // its last batch failed a compare: next write alone
-	// The timeout of the current ToWatch/ToRelease, armed when we first
-	// saw its mod revision.
-	armedRev int64
-	deadline time.Time
 	// target is the node a balance move takes the channel to.
 	target int64
 	// placedOn is the node of our last placement while it is pending.
@@ -53,6 +50,13 @@ type chanRT struct {
 	notBefore  time.Time
 	// heldRev avoids logging the same stuck key every pass.
 	heldRev int64
+}
+
+// timer is the timeout of a ToWatch or ToRelease key, armed when we first
+// saw its mod revision.
+type timer struct {
+	rev      int64
+	deadline time.Time
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {
@@ -68,6 +72,7 @@ func newReconciler(c *Coordinator, l leader) *reconciler {
 		chans:   map[string]*chanRT{},
 		nodes:   map[int64]*nodeRT{},
 		badSeen: map[string]int64{},
+		timers:  map[string]timer{},
 	}
 }
 
@@ -211,8 +216,4 @@ func (r *reconciler) relist(ctx context.Context) error {
 
 // rearm restarts every timeout from now: after the view may have been
 // stale, an answer we have not seen yet must not count as a timeout.
-func (r *reconciler) rearm() {
-	for _, rt := range r.chans {
-		rt.armedRev = 0
-	}
-}
+func (r *reconciler) rearm() { clear(r.timers) }
