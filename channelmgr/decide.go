@@ -316,7 +316,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	ne, live := r.live(k.node)
 	if !live {
 		if r.goneWait(k, now) {
-			r.hold(rt, k.modRev, "channel on a gone node waits until the node has certainly stopped", ch, k.node)
+			r.waitGone(k, now)
 			return
 		}
 		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, dead: true, avoid: r.avoidOf(k), pref: rt.target})
@@ -362,6 +362,20 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	}
 }
 
+// waitGone logs, once per node, that its channels wait for it to stop.
+func (r *reconciler) waitGone(k *keyEntry, now time.Time) {
+	nrt := r.node(k.node)
+	if nrt.waitLogged {
+		return
+	}
+	nrt.waitLogged = true
+	fields := []zap.Field{zap.Int64("node", k.node), zap.String("channel", k.ch), zap.Int64("revision", k.modRev)}
+	if at := r.movableAt(k.node); nrt.revokeLease == kv.NoLease {
+		fields = append(fields, zap.Duration("wait", at.Sub(now)))
+	}
+	r.log.Info("channels of a gone node wait until it has certainly stopped", fields...)
+}
+
 func (r *reconciler) avoidOf(k *keyEntry) int64 {
 	if k == nil || k.corrupt || k.info.Attempts == 0 {
 		return 0
@@ -382,7 +396,7 @@ func (r *reconciler) cleanup(p *plan, ch string, reg *regEntry, k *keyEntry, now
 	}
 	if _, live := r.live(k.node); !live {
 		if r.goneWait(k, now) {
-			r.hold(r.ch(ch), k.modRev, "key on a gone node waits until the node has certainly stopped", ch, k.node)
+			r.waitGone(k, now)
 			return
 		}
 		p.add(r.remove(k, why))

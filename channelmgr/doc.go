@@ -42,6 +42,26 @@
 // after the new leader takes over, in case the old one had just evicted
 // them.
 //
+// Wiring it into Milvus: DataCoord calls Register for each vchannel of a new
+// collection (meta.ChannelSpec carries the collection ID and the opaque
+// VchannelInfo) and Deregister when the collection is dropped, and runs a
+// Coordinator (Run in a goroutine; several DataCoords elect one). Each
+// DataNode runs package nodewatch with its handler. Owner, Channels and
+// Remaining read the result; none of them needs the leader.
+//
+// What it does not guarantee:
+//   - A node's lease revoked by hand (etcdctl lease revoke) looks like a
+//     crash: its channels move at once while the node may run them until
+//     its own fence deadline. Drain nodes with session.Drain instead.
+//   - A paused process (GC, SIGSTOP) that outlives its lease may still act
+//     on a channel after it moved; only the handler's fencing token
+//     (ChannelInfo.AssignRevision) covers that.
+//   - Channels waiting in channel/remaining/ go to the nodes that are live
+//     when the leader next decides: if nodes join one at a time, the first
+//     may get them all, and balancing spreads them afterwards.
+//   - A changed ChannelSpec (deregistered and registered again while
+//     assigned) takes effect at the channel's next placement.
+//
 // channelmgr must not import a backend, format keys itself (package meta
 // does), or write anything without the leader guard while coordinating. It
 // does not run channels: that is package nodewatch's job.

@@ -177,6 +177,7 @@ type nodeRT struct {
 	// revokeLease is a lease to revoke because the session key vanished
 	// without our eviction (NoLease: nothing to do).
 	revokeLease kv.LeaseID
+	waitLogged  bool
 }
 
 func (r *reconciler) node(id int64) *nodeRT {
