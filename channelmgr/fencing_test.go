@@ -263,3 +263,83 @@ func TestCorruptValuesSkippedAndCounted(t *testing.T) {
 		t.Fatalf("Channels = %v, %v", infos, err)
 	}
 }
+
+// TestWatchResumeAndCompaction breaks the coordinator's watch, then compacts
+// the history it needs: it resumes, then re-lists, and misses nothing.
+func TestWatchResumeAndCompaction(t *testing.T) {
+	h := newHarness(t)
+	n := h.addNode()
+	handle := h.kv.NewClient()
+	c := h.startCoord(handle)
+	h.eventually("leads", func() bool { return c.IsLeader() && c.lastPass.Load() != 0 })
+
+	handle.DropWatches() // resumes from the last revision + 1
+	h.register(1, "a")
+	h.eventually("a watched after a resume", func() bool { return h.allWatched([]string{"a"}, n.id) })
+
+	release := handle.Hang()
+	handle.DropWatches() // the new watch waits behind the hang
+	h.register(1, "b")
+	if err := h.kv.Compact(h.ctx, h.rev()); err != nil {
+		t.Fatal(err)
+	}
+	release() // the watch starts below the compaction: re-list
+	h.eventually("b watched after a re-list", func() bool { return h.allWatched([]string{"a", "b"}, n.id) })
+}
+
+// TestUnknownOutcomeResent fails a placement txn with an unknown outcome:
+// the batch is resent unchanged and the channel placed once.
+func TestUnknownOutcomeResent(t *testing.T) {
+	h := newHarness(t)
+	n := h.addNode()
+	handle := h.kv.NewClient()
+	c := h.startCoord(handle)
+	h.eventually("leads", func() bool { return c.IsLeader() && c.lastPass.Load() != 0 })
+	handle.FailNext(1, kv.ErrUnknownOutcome)
+	h.register(1, "x")
+	h.eventually("the failed txn", func() bool { return testutil.ToFloat64(c.m.txns.WithLabelValues("error")) == 1 })
+	h.advance(step, c) // the next pass resends
+	h.eventually("x watched", func() bool { return h.allWatched([]string{"x"}, n.id) })
+}
+
+// TestDrainOnlyNodeToRemaining drains the only node: its channels leave it
+// (ToRelease, Released) for channel/remaining/, and return when a node joins.
+func TestDrainOnlyNodeToRemaining(t *testing.T) {
+	h := newHarness(t)
+	n := h.addNode()
+	h.lead()
+	chs := names("ch", 4)
+	h.register(1, chs...)
+	h.eventually("watched", func() bool { return h.allWatched(chs, n.id) })
+	n.setStopping()
+	h.eventually("node prefix empty, all remaining", func() bool {
+		infos, err := Channels(h.ctx, h.kv, n.id)
+		rem, _ := Remaining(h.ctx, h.kv)
+		return err == nil && len(infos) == 0 && len(rem) == len(chs)
+	})
+	m := h.addNode()
+	h.eventually("all on the new node", func() bool { return h.allWatched(chs, m.id) })
+}
+
+// TestConsistentHashPolicy runs the coordinator with the sticky policy: each
+// channel lands on its ring owner.
+func TestConsistentHashPolicy(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(3)
+	p := ConsistentHash(0)
+	h.lead(WithPolicy(p))
+	chs := names("ch", 30)
+	h.register(1, chs...)
+	h.eventually("watched", func() bool { return h.allWatched(chs) })
+	var req []Channel
+	for _, ch := range chs {
+		req = append(req, Channel{Name: ch, CollectionID: 1})
+	}
+	want := p.Place(req, []NodeLoad{{ID: ns[0].id}, {ID: ns[1].id}, {ID: ns[2].id}})
+	as := h.assignments()
+	for i, ch := range chs {
+		if as[ch].node != want[i] {
+			t.Fatalf("%s on node %d, ring owner %d", ch, as[ch].node, want[i])
+		}
+	}
+}

@@ -412,13 +412,29 @@ func (h *harness) stopped(node int64, ch string) {
 
 func (n *fakeNode) loop(ctx context.Context, wch kv.WatchChan) {
 	defer close(n.done)
-	for resp := range wch {
-		if resp.Err != nil {
-			return
+	for wch != nil {
+		next := kv.WatchChan(nil)
+		for resp := range wch {
+			if resp.Err != nil {
+				if !errors.Is(resp.Err, kv.ErrCompacted) {
+					return
+				}
+				// Re-list and handle what is there, as nodewatch does.
+				kvs, rev, err := n.b.List(ctx, meta.NodePrefix(n.id))
+				if err != nil {
+					return
+				}
+				for _, e := range kvs {
+					n.handle(ctx, kv.Event{Type: kv.EventPut, KV: e})
+				}
+				next = n.b.Watch(ctx, meta.NodePrefix(n.id), rev+1)
+				break
+			}
+			for _, ev := range resp.Events {
+				n.handle(ctx, ev)
+			}
 		}
-		for _, ev := range resp.Events {
-			n.handle(ctx, ev)
-		}
+		wch = next
 	}
 }
 
