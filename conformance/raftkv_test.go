@@ -51,5 +51,3 @@ func raftFactory(t testing.TB) conformance.Env {
 		Clock: clock,
 	}
 }
-
-func TestKVRaft(t *testing.T) { conformance.RunKV(t, raftFactory) }

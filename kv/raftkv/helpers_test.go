@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/chanwatch/chanwatch/kv"
 )
@@ -40,10 +42,40 @@ func eventually(t testing.TB, cond func() bool, what string) {
 	}
 }
 
+// testLogger logs warnings and errors to t until t's cleanups run. Raft's
+// connection goroutines may log a closed connection just after the
+// transport is closed; those lines are dropped rather than logged after
+// the test ended (which panics).
+func testLogger(t testing.TB) *zap.Logger {
+	w := &testWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.done = true
+	})
+	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), zap.WarnLevel))
+}
+
+type testWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
+}
+
 // startCluster starts a cluster under t.TempDir, closed at cleanup.
 func startCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	opts = append([]Option{WithLogger(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))}, opts...)
+	opts = append([]Option{WithLogger(testLogger(t))}, opts...)
 	c, err := StartCluster(t.TempDir(), n, opts...)
 	noErr(t, err)
 	t.Cleanup(func() { noErr(t, c.Close()) })

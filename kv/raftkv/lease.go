@@ -137,14 +137,16 @@ func (n *Node) timeToLiveLocal(ctx context.Context, id kv.LeaseID) (time.Duratio
 }
 
 // expireLoop proposes the expiry of every lease past its deadline, checking
-// on every tick of the lease clock, until the term ends.
-func (n *Node) expireLoop(term uint64, stillLeading func() bool) {
-	tick := n.o.clock.NewTicker(n.o.leaseCheck)
-	defer tick.Stop()
+// on every tick of the lease clock, until the term ends. A check that
+// could not expire everything due is retried on real time, so that a fake
+// clock that is not advanced again does not strand it.
+func (n *Node) expireLoop(term uint64, tick clockwork.Ticker, stillLeading func() bool) {
+	var retry <-chan time.Time
 	for {
 		changed := n.changedCh()
 		select {
 		case <-tick.Chan():
+		case <-retry:
 		case <-changed:
 			if !stillLeading() {
 				return
@@ -153,34 +155,46 @@ func (n *Node) expireLoop(term uint64, stillLeading func() bool) {
 		case <-n.ctx.Done():
 			return
 		}
+		retry = nil
 		if !stillLeading() {
 			return
 		}
-		due := n.lessor.due(term, n.fsm.store.Leases())
-		if len(due) == 0 {
-			continue
-		}
-		// A deposed leader that has not noticed yet must not decide.
-		if err := waitFuture(n.ctx, n.raft.VerifyLeader(), verifyError); err != nil {
-			continue
-		}
-		for _, id := range due {
-			if !n.lessor.stillDue(term, id) {
-				continue // renewed meanwhile
-			}
-			_, err := n.applyLocal(n.ctx, command{Op: opExpire, Lease: id})
-			switch {
-			case err == nil:
-				n.log.Debug("lease expired", zap.Int64("lease", int64(id)))
-			case errors.Is(err, kv.ErrLeaseNotFound):
-				// revoked meanwhile
-			default:
-				n.log.Warn("lease expiry not applied; will retry", zap.Int64("lease", int64(id)), zap.Error(err))
-				continue
-			}
-			n.lessor.forget(term, id)
+		if !n.expireDue(term) {
+			retry = time.After(n.o.leaseCheck)
 		}
 	}
+}
+
+// expireDue expires the leases past their deadline; false when some could
+// not be expired now.
+func (n *Node) expireDue(term uint64) bool {
+	due := n.lessor.due(term, n.fsm.store.Leases())
+	if len(due) == 0 {
+		return true
+	}
+	// A deposed leader that has not noticed yet must not decide.
+	if err := n.verifier.verify(n.ctx); err != nil {
+		return false
+	}
+	ok := true
+	for _, id := range due {
+		if !n.lessor.stillDue(term, id) {
+			continue // renewed meanwhile
+		}
+		_, err := n.applyLocal(n.ctx, command{Op: opExpire, Lease: id})
+		switch {
+		case err == nil:
+			n.log.Debug("lease expired", zap.Int64("lease", int64(id)))
+		case errors.Is(err, kv.ErrLeaseNotFound):
+			// revoked meanwhile
+		default:
+			n.log.Warn("lease expiry not applied; will retry", zap.Int64("lease", int64(id)), zap.Error(err))
+			ok = false
+			continue
+		}
+		n.lessor.forget(term, id)
+	}
+	return ok
 }
 
 // lessor holds the lease deadlines of the leader for one term.

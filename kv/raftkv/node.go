@@ -27,15 +27,16 @@ type Node struct {
 	o    options
 	log  *zap.Logger
 
-	raft   *raft.Raft
-	fsm    *fsm
-	mux    *mux
-	trans  *raft.NetworkTransport
-	logs   *raftboltdb.BoltStore
-	pool   *rpcPool
-	lessor *lessor
-	obs    *raft.Observer
-	obsCh  chan raft.Observation
+	raft     *raft.Raft
+	fsm      *fsm
+	mux      *mux
+	trans    *raft.NetworkTransport
+	logs     *raftboltdb.BoltStore
+	pool     *rpcPool
+	lessor   *lessor
+	verifier *verifier
+	obs      *raft.Observer
+	obsCh    chan raft.Observation
 
 	// readyTerm is the term in which this node, as leader, has applied its
 	// own first entry: from then on its commit index covers every entry
@@ -144,6 +145,9 @@ func (n *Node) open(cfg Config) error {
 		return fmt.Errorf("raftkv: start raft: %w", err)
 	}
 	n.raft = r
+	// A healthy quorum answers within a heartbeat round trip; a check
+	// that takes an election timeout is retried.
+	n.verifier = newVerifier(r, n.o.heartbeat+n.o.election)
 	n.obsCh = make(chan raft.Observation, 16)
 	n.obs = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -379,12 +383,16 @@ func (n *Node) lead(term uint64) {
 	if !stillLeading() {
 		return
 	}
+	// The ticker starts before the deadlines are set: on a fake clock, an
+	// Advance right after takeover must reach the expiry loop.
+	tick := n.o.clock.NewTicker(n.o.leaseCheck)
+	defer tick.Stop()
 	n.lessor.takeover(term, n.fsm.store.Leases())
+	defer n.lessor.stop(term)
 	n.readyTerm.Store(term)
 	n.notifyChanged()
 	log.Info("leading", zap.Uint64("applied", n.fsm.appliedIndex()))
-	defer n.lessor.stop(term)
-	n.expireLoop(term, stillLeading)
+	n.expireLoop(term, tick, stillLeading)
 }
 
 // onLeader runs local when this node is the leader and remote(leader
@@ -511,56 +519,9 @@ func (n *Node) checkCommand(c command) error {
 		if c.TTL <= 0 {
 			return fmt.Errorf("%w: %v", kv.ErrInvalidTTL, c.TTL)
 		}
-	case opBarrier:
-		return fmt.Errorf("%w: barrier is not a client command", kv.ErrInvalidTxn)
+	case opBarrier, opExpire:
+		// Only the leader itself decides these.
+		return fmt.Errorf("%w: %v is not a client command", kv.ErrInvalidTxn, c.Op)
 	}
 	return nil
-}
-
-// linearize returns once this node's store has applied everything
-// committed before the call: the read-index protocol. The leader confirms
-// it still leads (VerifyLeader) after reading its commit index; a follower
-// gets that index from the leader. Either then waits for its own FSM.
-func (n *Node) linearize(ctx context.Context) error {
-	var idx uint64
-	err := n.onLeader(ctx, "read", func(ctx context.Context) error {
-		i, err := n.readIndexLocal(ctx)
-		idx = i
-		return err
-	}, func(ctx context.Context, leader string) error {
-		resp, err := n.forward(ctx, leader, &rpcRequest{Method: rpcReadIndex})
-		if err == nil {
-			idx = resp.Index
-		}
-		return retryable(ctx, err)
-	})
-	if err != nil {
-		return err
-	}
-	if err := n.fsm.waitApplied(ctx, n.ctx.Done(), idx); err != nil {
-		return err
-	}
-	return nil
-}
-
-// readIndexLocal returns an index that covers every write acknowledged
-// before the call, after checking that this node is still the leader.
-func (n *Node) readIndexLocal(ctx context.Context) (uint64, error) {
-	if n.raft.State() != raft.Leader {
-		return 0, errNotLeader
-	}
-	term := n.raft.CurrentTerm()
-	if n.readyTerm.Load() != term {
-		// The barrier of this term has not applied yet; onLeader waits
-		// for the change notification.
-		return 0, fmt.Errorf("%w: new leader not ready", errNotLeader)
-	}
-	idx := n.raft.CommitIndex()
-	if err := waitFuture(ctx, n.raft.VerifyLeader(), verifyError); err != nil {
-		return 0, err
-	}
-	if n.raft.CurrentTerm() != term {
-		return 0, errNotLeader
-	}
-	return idx, nil
 }

@@ -245,6 +245,10 @@ func (n *Node) handle(req *rpcRequest) *rpcResponse {
 	default:
 		err = fmt.Errorf("raftkv: unknown forwarded method %d", req.Method)
 	}
+	if err != nil && n.closed() && !errors.Is(err, kv.ErrUnknownOutcome) {
+		// This node is closing: nothing was done, ask the next leader.
+		err = fmt.Errorf("%w: %s closed: %w", errNotLeader, n.id, err)
+	}
 	resp.Err = toWire(err)
 	return &resp
 }
