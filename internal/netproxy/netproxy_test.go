@@ -1,0 +1,146 @@
+package netproxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// echo serves an echo server on loopback until the test ends.
+func echo(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func dial(t *testing.T, p *Proxy) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func roundTrip(c net.Conn, r *bufio.Reader, msg string, within time.Duration) (string, error) {
+	if _, err := c.Write([]byte(msg + "\n")); err != nil {
+		return "", err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(within))
+	return r.ReadString('\n')
+}
+
+func TestPassBlackholeHeal(t *testing.T) {
+	p, err := New(echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, r := dial(t, p)
+	if got, err := roundTrip(c, r, "one", 5*time.Second); err != nil || got != "one\n" {
+		t.Fatalf("pass: %q, %v", got, err)
+	}
+
+	p.Blackhole()
+	if got, err := roundTrip(c, r, "two", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("blackhole delivered %q, %v", got, err)
+	}
+	// A new connection during the blackhole is accepted but carries nothing.
+	c2, r2 := dial(t, p)
+	if got, err := roundTrip(c2, r2, "new", 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("blackhole delivered %q on a new connection, %v", got, err)
+	}
+
+	// Healing delivers the held bytes, as TCP retransmission would.
+	p.Pass()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "two\n" {
+		t.Fatalf("after heal: %q, %v", got, err)
+	}
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r2.ReadString('\n'); err != nil || got != "new\n" {
+		t.Fatalf("new conn after heal: %q, %v", got, err)
+	}
+	if s := p.Stats(); s.Accepted != 2 || s.Up == 0 || s.Down == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestReset(t *testing.T) {
+	p, err := New(echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, r := dial(t, p)
+	if _, err := roundTrip(c, r, "one", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.Blackhole() // a blackholed copier must wake up on Reset too
+	_, _ = c.Write([]byte("held\n"))
+	p.Reset()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
+		t.Fatalf("open conn after Reset: %v, want a reset", err)
+	}
+	c2, r2 := dial(t, p)
+	if _, err := roundTrip(c2, r2, "x", 5*time.Second); err == nil {
+		t.Fatal("new conn during Reset carried data")
+	}
+	p.Pass()
+	c3, r3 := dial(t, p)
+	if got, err := roundTrip(c3, r3, "back", 5*time.Second); err != nil || got != "back\n" {
+		t.Fatalf("after Reset→Pass: %q, %v", got, err)
+	}
+	if p.Stats().Reset < 2 {
+		t.Fatalf("stats %+v, want >= 2 resets", p.Stats())
+	}
+}
+
+func TestCloseEndsBlackholedConns(t *testing.T) {
+	p, err := New(echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, r := dial(t, p)
+	p.Blackhole()
+	_, _ = c.Write([]byte("held\n"))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("conn after Close: %v, want closed", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := New(""); err == nil {
+		t.Fatal("New with empty target succeeded")
+	}
+}
