@@ -453,7 +453,8 @@ func (r *reconciler) release(k *keyEntry, reg *regEntry, reason string, failure 
 	info.StartTime = now
 	val, err := meta.EncodeChannelInfo(info)
 	if err != nil {
-		r.log.Error("cannot encode ToRelease", zap.String("channel", k.ch), zap.Int64("node", k.node), zap.Error(err))
+		r.log.Error("cannot encode ToRelease", zap.String("channel", k.ch), zap.Int64("node", k.node),
+			zap.Int64("revision", k.modRev), zap.Error(err))
 		return nil
 	}
 	node, ch, m := k.node, k.ch, r.c.m
@@ -564,7 +565,8 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 	info.Progress = 0
 	val, err := meta.EncodeChannelInfo(info)
 	if err != nil {
-		r.log.Error("cannot encode ToWatch", zap.String("channel", pl.ch), zap.Int64("node", target), zap.Error(err))
+		r.log.Error("cannot encode ToWatch", zap.String("channel", pl.ch), zap.Int64("node", target),
+			zap.Int64("revision", r.v.rev), zap.Error(err))
 		return nil
 	}
 	key := meta.ChannelKey(target, pl.ch)

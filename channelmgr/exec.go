@@ -25,6 +25,14 @@ type batch struct {
 	txn   kv.Txn
 }
 
+func (b *batch) channels() []string {
+	out := make([]string, len(b.units))
+	for i, u := range b.units {
+		out[i] = u.ch
+	}
+	return out
+}
+
 // pack groups units into txns under maxOps entries per branch, the guard
 // included. Units marked solo (their last batch failed a compare) go alone,
 // so one conflicting channel cannot keep failing the others.
@@ -48,7 +56,7 @@ func (r *reconciler) pack(units []*unit) []*batch {
 	for _, u := range units {
 		if 1+len(u.cmps) > maxOps || len(u.ops) > maxOps {
 			r.log.Error("one channel's writes exceed the backend's txn size; skipped",
-				zap.String("channel", u.ch), zap.Int("compares", len(u.cmps)), zap.Int("ops", len(u.ops)))
+				zap.String("channel", u.ch), zap.Int64("revision", r.v.rev), zap.Int("compares", len(u.cmps)), zap.Int("ops", len(u.ops)))
 			continue
 		}
 		solo := r.ch(u.ch).solo
@@ -120,7 +128,7 @@ func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 		return fmt.Errorf("channelmgr: txn: %w", err)
 	case err != nil && permanent(err):
 		m.txns.WithLabelValues("error").Inc()
-		r.log.Error("txn rejected", zap.Int("channels", len(b.units)), zap.Int64("revision", r.v.rev), zap.Error(err))
+		r.log.Error("txn rejected", zap.Strings("channels", b.channels()), zap.Int64("revision", r.v.rev), zap.Error(err))
 		for _, u := range b.units {
 			rt := r.ch(u.ch)
 			rt.uncertain, rt.solo = false, true
@@ -129,7 +137,7 @@ func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 		return nil
 	case err != nil:
 		m.txns.WithLabelValues("error").Inc()
-		r.log.Warn("txn outcome unknown; will resend it unchanged", zap.Int("channels", len(b.units)),
+		r.log.Warn("txn outcome unknown; will resend it unchanged", zap.Strings("channels", b.channels()),
 			zap.Int64("revision", r.v.rev), zap.Error(err))
 		for _, u := range b.units {
 			r.ch(u.ch).uncertain = true
@@ -143,7 +151,7 @@ func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 			return errDeposed
 		}
 		m.txns.WithLabelValues("conflict").Inc()
-		r.log.Debug("txn compare failed; channels retried one by one", zap.Int("channels", len(b.units)),
+		r.log.Debug("txn compare failed; channels retried one by one", zap.Strings("channels", b.channels()),
 			zap.Int64("revision", resp.Revision))
 		for _, u := range b.units {
 			rt := r.ch(u.ch)
