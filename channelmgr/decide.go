@@ -512,7 +512,7 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 		for _, id := range serving {
 			loads = append(loads, *p.loads[id])
 		}
-		got := r.cfg.policy.Place(chs, loads)
+		got := r.policyPlace(chs, loads)
 		if !validPlacement(got, chs, p.loads) {
 			r.log.Error("policy returned an invalid placement; using least-loaded", zap.Int("channels", len(chs)))
 			got = placeLeastLoaded(chs, loads)
@@ -529,6 +529,29 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 			p.add(u)
 		}
 	}
+}
+
+// policyPlace calls the policy; a panic is logged and treated as an invalid
+// answer, so a buggy policy cannot take the coordinator down.
+func (r *reconciler) policyPlace(chs []Channel, loads []NodeLoad) (got []int64) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("policy Place panicked", zap.Any("panic", p), zap.Int64("revision", r.v.rev))
+			got = nil
+		}
+	}()
+	return r.cfg.policy.Place(chs, loads)
+}
+
+// policyBalance calls the policy; a panic means no moves.
+func (r *reconciler) policyBalance(loads []NodeLoad, budget int) (moves []Move) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("policy Balance panicked", zap.Any("panic", p), zap.Int64("revision", r.v.rev))
+			moves = nil
+		}
+	}()
+	return r.cfg.policy.Balance(loads, budget)
 }
 
 func validPlacement(got []int64, chs []Channel, loads map[int64]*NodeLoad) bool {
@@ -630,7 +653,7 @@ func (r *reconciler) balance(p *plan, serving []int64) {
 		loads = append(loads, *p.loads[id])
 	}
 	seen := map[string]bool{}
-	for _, mv := range r.cfg.policy.Balance(loads, budget) {
+	for _, mv := range r.policyBalance(loads, budget) {
 		k := p.movable[mv.Channel]
 		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil {
 			continue

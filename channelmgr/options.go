@@ -93,8 +93,10 @@ func WithClock(clk clockwork.Clock) Option { return func(c *config) { c.clock = 
 // WithLogger sets the logger (default zap.NewNop(); nil means the default).
 func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
 
-// WithRegisterer registers the coordinator's metrics with r (default nil:
-// no metrics). New fails if registration does.
+// WithRegisterer registers the coordinator's metrics (chanwatch_coordinator_*)
+// with r (default nil: no metrics). New fails if registration does, e.g. for
+// a second Coordinator on the same Registerer: wrap it with
+// prometheus.WrapRegistererWith to tell them apart.
 func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c.reg = r } }
 
 func defaultID() string {

@@ -224,3 +224,41 @@ func TestConsistentHashSticky(t *testing.T) {
 		t.Fatalf("balance proposes %d moves, want %d", len(moves), moved)
 	}
 }
+
+// badPolicy answers with nodes it was not offered, or panics.
+type badPolicy struct{ panics bool }
+
+func (p badPolicy) Place(chs []Channel, nodes []NodeLoad) []int64 {
+	if p.panics {
+		panic("boom")
+	}
+	out := make([]int64, len(chs))
+	for i := range out {
+		out[i] = 12345
+	}
+	return out
+}
+
+func (p badPolicy) Balance(nodes []NodeLoad, maxMoves int) []Move {
+	if p.panics {
+		panic("boom")
+	}
+	return []Move{{Channel: "nope", From: 1, To: 2}}
+}
+
+// A policy that misbehaves falls back to least-loaded placement.
+func TestBadPolicyFallsBack(t *testing.T) {
+	for _, panics := range []bool{false, true} {
+		t.Run(fmt.Sprint("panics=", panics), func(t *testing.T) {
+			h := newHarness(t)
+			ns := h.addNodes(2)
+			h.lead(WithPolicy(badPolicy{panics: panics}))
+			chs := names("ch", 6)
+			h.register(1, chs...)
+			h.eventually("placed by the fallback", func() bool { return h.allWatched(chs, ns[0].id, ns[1].id) })
+			if c := h.counts(); c[ns[0].id] != 3 || c[ns[1].id] != 3 {
+				t.Fatalf("fallback placement %v", c)
+			}
+		})
+	}
+}
