@@ -117,6 +117,9 @@ func (v *verifier) startLocked() {
 // waitVerify waits for f up to timeout.
 func waitVerify(f raft.Future, timeout time.Duration) error {
 	done := make(chan error, 1)
+	// raft queues verify futures in a buffered channel and does not answer
+	// those still queued when it shuts down: this goroutine may then stay
+	// blocked for good. It is one small goroutine per closed node at most.
 	go func() { done <- f.Error() }()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
