@@ -1,0 +1,285 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/chanwatch/chanwatch/kv"
+)
+
+// The linearizability check: every key is an independent register with put,
+// get and compare-and-swap; every written value is unique, so a read names
+// the write it saw. A call that failed may or may not have applied (a
+// timeout, a lost leader, a reset connection): it is kept with an unknown
+// outcome and a return time at infinity, so porcupine may place it anywhere
+// after its call, or nowhere that anyone observed, as etcd's robustness
+// suite does.
+
+type linKind int
+
+const (
+	linPut linKind = iota + 1
+	linGet
+	linCAS
+)
+
+type linIn struct {
+	Kind   linKind
+	Key    string
+	Value  string // put, and a cas's new value
+	Expect string // cas
+}
+
+type linOut struct {
+	Unknown bool   // the call failed: it may or may not have applied
+	Value   string // get, and the value a failed cas read in its Else branch
+	Swapped bool
+}
+
+var linModel = porcupine.Model{
+	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		for _, op := range h {
+			k := op.Input.(linIn).Key
+			byKey[k] = append(byKey[k], op)
+		}
+		out := make([][]porcupine.Operation, 0, len(byKey))
+		for _, k := range sortedKeys(byKey) {
+			out = append(out, byKey[k])
+		}
+		return out
+	},
+	Init: func() any { return "" },
+	Step: func(state, input, output any) (bool, any) {
+		st, in, out := state.(string), input.(linIn), output.(linOut)
+		switch in.Kind {
+		case linPut:
+			return true, in.Value
+		case linGet:
+			return out.Value == st, st
+		case linCAS:
+			holds := st == in.Expect
+			if out.Unknown {
+				if holds {
+					return true, in.Value
+				}
+				return true, st
+			}
+			if out.Swapped != holds {
+				return false, st
+			}
+			if holds {
+				return true, in.Value
+			}
+			return out.Value == st, st
+		}
+		return false, st
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(linIn), output.(linOut)
+		res := ""
+		switch {
+		case out.Unknown:
+			res = " -> ?"
+		case in.Kind == linGet:
+			res = fmt.Sprintf(" -> %q", out.Value)
+		case in.Kind == linCAS:
+			res = fmt.Sprintf(" -> %v %q", out.Swapped, out.Value)
+		}
+		switch in.Kind {
+		case linPut:
+			return fmt.Sprintf("put(%s,%s)%s", in.Key, in.Value, res)
+		case linGet:
+			return fmt.Sprintf("get(%s)%s", in.Key, res)
+		default:
+			return fmt.Sprintf("cas(%s,%s->%s)%s", in.Key, in.Expect, in.Value, res)
+		}
+	},
+	DescribeState: func(state any) string { return fmt.Sprintf("%q", state) },
+}
+
+// linWorkload says how many clients run how many operations on how many keys.
+type linWorkload struct {
+	clients, opsPerClient, keys int
+	opTimeout                   time.Duration
+}
+
+// linHistory runs the workload: client i calls through clients[i%len]()
+// (a function, so that a restarted server's new handle is picked up).
+type linHistory struct {
+	mu      sync.Mutex
+	ops     []porcupine.Operation
+	unknown int
+	failed  int // failed reads (dropped: a failed read changes nothing)
+}
+
+func runLinWorkload(ctx context.Context, w linWorkload, rng *rand.Rand, clients []func() kv.KV) *linHistory {
+	h := &linHistory{}
+	base := time.Now()
+	now := func() int64 { return int64(time.Since(base)) }
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for c := range w.clients {
+		crng := rand.New(rand.NewPCG(rng.Uint64(), uint64(c)))
+		get := clients[c%len(clients)]
+		wg.Go(func() {
+			last := map[string]string{} // the last value this client saw per key
+			for range w.opsPerClient {
+				if ctx.Err() != nil {
+					return
+				}
+				key := fmt.Sprintf("lin/k%d", crng.IntN(w.keys))
+				in := linIn{Key: key}
+				switch p := crng.IntN(10); {
+				case p < 4:
+					in.Kind = linPut
+				case p < 8:
+					in.Kind = linGet
+				default:
+					in.Kind = linCAS
+					in.Expect = last[key]
+				}
+				if in.Kind != linGet {
+					in.Value = fmt.Sprintf("c%d-%d", c, seq.Add(1))
+				}
+				octx, cancel := context.WithTimeout(ctx, w.opTimeout)
+				call := now()
+				out, err := linCall(octx, get(), in)
+				ret := now()
+				cancel()
+				if err != nil {
+					if in.Kind == linGet {
+						h.mu.Lock()
+						h.failed++
+						h.mu.Unlock()
+						continue
+					}
+					out, ret = linOut{Unknown: true}, math.MaxInt64
+				}
+				switch {
+				case out.Unknown:
+				case in.Kind == linGet, in.Kind == linCAS && !out.Swapped:
+					last[key] = out.Value
+				default:
+					last[key] = in.Value
+				}
+				h.mu.Lock()
+				h.ops = append(h.ops, porcupine.Operation{ClientId: c, Input: in, Output: out, Call: call, Return: ret})
+				if out.Unknown {
+					h.unknown++
+				}
+				h.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return h
+}
+
+func linCall(ctx context.Context, b kv.KV, in linIn) (linOut, error) {
+	switch in.Kind {
+	case linPut:
+		_, err := kv.Put(ctx, b, in.Key, []byte(in.Value))
+		return linOut{}, err
+	case linGet:
+		item, _, err := b.Get(ctx, in.Key)
+		if errors.Is(err, kv.ErrKeyNotFound) {
+			return linOut{}, nil
+		}
+		return linOut{Value: string(item.Value)}, err
+	default:
+		// A missing key is "": compare version 0 rather than a value, which
+		// is never equal on a missing key.
+		cmp := kv.CmpValue(in.Key, kv.Equal, []byte(in.Expect))
+		if in.Expect == "" {
+			cmp = kv.CmpMissing(in.Key)
+		}
+		r, err := b.Txn(ctx, kv.Txn{If: []kv.Cmp{cmp}, Then: []kv.Op{kv.OpPut(in.Key, []byte(in.Value))}, Else: []kv.Op{kv.OpGet(in.Key)}})
+		if err != nil {
+			return linOut{}, err
+		}
+		if r.Succeeded {
+			return linOut{Swapped: true}, nil
+		}
+		out := linOut{}
+		if len(r.Responses) == 1 && r.Responses[0].KV != nil {
+			out.Value = string(r.Responses[0].KV.Value)
+		}
+		return out, nil
+	}
+}
+
+// checkLin checks h and returns porcupine's verdict; an illegal or
+// undecided history attaches porcupine's HTML view to the report.
+func checkLin(r *report, name string, h *linHistory, timeout time.Duration) porcupine.CheckResult {
+	ops := append([]porcupine.Operation(nil), h.ops...)
+	sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
+	res, info := porcupine.CheckOperationsVerbose(linModel, ops, timeout)
+	if res != porcupine.Ok {
+		var buf bytes.Buffer
+		if err := porcupine.Visualize(linModel, info, &buf); err == nil {
+			r.attach(name+"-porcupine.html", buf.Bytes())
+		}
+		var lines bytes.Buffer
+		for _, op := range ops {
+			ret := "inf"
+			if op.Return != math.MaxInt64 {
+				ret = fmt.Sprint(op.Return)
+			}
+			fmt.Fprintf(&lines, "client=%d call=%d return=%s %s\n", op.ClientId, op.Call, ret, linModel.DescribeOperation(op.Input, op.Output))
+		}
+		r.attach(name+"-operations.txt", lines.Bytes())
+	}
+	return res
+}
+
+// linTest runs the workload under faults and checks the history.
+func linTest(t *testing.T, r *report, w linWorkload, clients []func() kv.KV, faults func(ctx context.Context, rng *rand.Rand)) {
+	rng := newRand(t)
+	ctx := testCtx(t)
+	fctx, stopFaults := context.WithCancel(ctx)
+	faultsDone := make(chan struct{})
+	frng := rand.New(rand.NewPCG(rng.Uint64(), 1))
+	go func() { defer close(faultsDone); faults(fctx, frng) }()
+	h := runLinWorkload(ctx, w, rng, clients)
+	stopFaults()
+	<-faultsDone
+	res := checkLin(r, "history", h, scale(30*time.Second, 5*time.Minute))
+	r.figure("ops", len(h.ops))
+	r.figure("unknown", h.unknown)
+	r.figure("failed_reads", h.failed)
+	r.figure("porcupine", res)
+	if res != porcupine.Ok {
+		r.violate("history of %d operations (%d unknown) is %v for porcupine", len(h.ops), h.unknown, res)
+	}
+	if len(h.ops)-h.unknown < w.clients*w.opsPerClient/4 {
+		t.Errorf("only %d of %d operations completed: the faults left too little to check", len(h.ops)-h.unknown, w.clients*w.opsPerClient)
+	}
+}
+
+// pace waits d or until ctx is done (false).
+func pace(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
+func jitter(rng *rand.Rand, lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(rng.Int64N(int64(hi-lo)+1))
+}
