@@ -140,15 +140,19 @@ func (c *Cluster) Kill(i int) error {
 // Restart reopens node i from its directory on its address.
 func (c *Cluster) Restart(i int) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.alive[i] {
+		c.mu.Unlock()
 		return fmt.Errorf("raftkv: node %d is running", i)
 	}
-	n, err := Open(c.cfgs[i], c.opts...)
+	cfg := c.cfgs[i]
+	c.mu.Unlock()
+	n, err := Open(cfg, c.opts...)
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
 	c.nodes[i], c.alive[i] = n, true
+	c.mu.Unlock()
 	return nil
 }
 

@@ -243,9 +243,13 @@ type zapWriter struct{ l *zap.Logger }
 
 func (w zapWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
-	if strings.Contains(line, "[ERROR]") {
+	switch {
+	case strings.Contains(line, "use of closed network connection"):
+		// Raft's connection handlers report every close, ours included.
+		w.l.Debug(line)
+	case strings.Contains(line, "[ERROR]"):
 		w.l.Error(line)
-	} else {
+	default:
 		w.l.Warn(line)
 	}
 	return len(p), nil
