@@ -1,0 +1,369 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+)
+
+// procRole says whose writes a procKV checks.
+type procRole int
+
+const (
+	roleNode procRole = iota + 1
+	roleCoord
+)
+
+// hanger is memkv's fault hook: calls on the handle block until release.
+type hanger interface{ Hang() (release func()) }
+
+// procKV is the handle of one simulated process: a kv.Backend from Env.Open
+// with the faults the MEP scenarios inject and the write checks they make.
+//
+//   - Partition: every call blocks until Heal or its context ends. On a
+//     memkv handle it uses memkv's own Hang; on other backends the wrapper
+//     blocks calls itself (not applied; a blocked Txn fails with
+//     kv.ErrUnknownOutcome) and holds back the events of open watches.
+//   - WatchesDown: open watches end with kv.ErrUnavailable and new ones
+//     deliver nothing until WatchesUp, then start from the revision they
+//     asked for, which may have been compacted meanwhile: a watch that is
+//     down while other calls work.
+//   - Coordinator writes must carry the leadership guard and land within
+//     that leadership; node writes to channel/ must be compare-and-swaps on
+//     the key's mod revision, under a prefix of a node ID this process
+//     registered. Violations go to the Checker.
+type procKV struct {
+	kv.Backend
+	name string
+	role procRole
+	chk  *Checker
+
+	mu       sync.Mutex
+	release  func()        // memkv hang in force
+	hung     chan struct{} // wrapper hang in force: closed by Heal
+	down     chan struct{} // watches down: closed by WatchesUp
+	watches  map[*procWatch]struct{}
+	nodeIDs  map[int64]bool
+	closed   bool
+	closedCh chan struct{}
+
+	// writesLeft > 0: the handle closes itself (a crash) right after that
+	// many more successful write txns.
+	writesLeft atomic.Int64
+	// compacted counts watches this handle saw end with ErrCompacted.
+	compacted atomic.Int64
+}
+
+// crashAfterWrites makes the process crash right after n more successful
+// write txns: a crash between the sub-txns of a batch.
+func (p *procKV) crashAfterWrites(n int64) { p.writesLeft.Store(n) }
+
+type procWatch struct{ kill chan struct{} }
+
+func newProcKV(b kv.Backend, name string, role procRole, chk *Checker) *procKV {
+	return &procKV{Backend: b, name: name, role: role, chk: chk,
+		watches: make(map[*procWatch]struct{}), nodeIDs: make(map[int64]bool), closedCh: make(chan struct{})}
+}
+
+// Partition cuts the process off the store until Heal.
+func (p *procKV) Partition() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.release != nil || p.hung != nil {
+		return
+	}
+	if h, ok := p.Backend.(hanger); ok {
+		p.release = h.Hang()
+		return
+	}
+	p.hung = make(chan struct{})
+}
+
+// Heal ends a Partition.
+func (p *procKV) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.release != nil {
+		p.release()
+		p.release = nil
+	}
+	if p.hung != nil {
+		close(p.hung)
+		p.hung = nil
+	}
+}
+
+// WatchesDown ends every open watch and holds new ones until WatchesUp.
+func (p *procKV) WatchesDown() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down == nil {
+		p.down = make(chan struct{})
+	}
+	for w := range p.watches {
+		close(w.kill)
+		delete(p.watches, w)
+	}
+}
+
+// WatchesUp lets held watches start.
+func (p *procKV) WatchesUp() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down != nil {
+		close(p.down)
+		p.down = nil
+	}
+}
+
+// Close closes the underlying handle (a crash when done first).
+func (p *procKV) Close() error {
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.closedCh)
+	}
+	p.mu.Unlock()
+	return p.Backend.Close()
+}
+
+// gate blocks while the wrapper's own partition is in force.
+func (p *procKV) gate(ctx context.Context, write bool) error {
+	p.mu.Lock()
+	h := p.hung
+	p.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	select {
+	case <-h:
+		return nil
+	case <-p.closedCh:
+		return kv.ErrClosed
+	case <-ctx.Done():
+		if write {
+			return fmt.Errorf("conformance: partitioned write not applied: %w: %w", kv.ErrUnknownOutcome, ctx.Err())
+		}
+		return fmt.Errorf("conformance: partitioned: %w", ctx.Err())
+	}
+}
+
+func (p *procKV) Get(ctx context.Context, key string) (kv.KeyValue, int64, error) {
+	if err := p.gate(ctx, false); err != nil {
+		return kv.KeyValue{}, 0, err
+	}
+	return p.Backend.Get(ctx, key)
+}
+
+func (p *procKV) List(ctx context.Context, prefix string) ([]kv.KeyValue, int64, error) {
+	if err := p.gate(ctx, false); err != nil {
+		return nil, 0, err
+	}
+	return p.Backend.List(ctx, prefix)
+}
+
+func (p *procKV) Grant(ctx context.Context, ttl time.Duration) (kv.LeaseID, error) {
+	if err := p.gate(ctx, false); err != nil {
+		return 0, err
+	}
+	return p.Backend.Grant(ctx, ttl)
+}
+
+func (p *procKV) KeepAliveOnce(ctx context.Context, id kv.LeaseID) (time.Duration, error) {
+	if err := p.gate(ctx, false); err != nil {
+		return 0, err
+	}
+	return p.Backend.KeepAliveOnce(ctx, id)
+}
+
+func (p *procKV) Revoke(ctx context.Context, id kv.LeaseID) error {
+	if err := p.gate(ctx, true); err != nil {
+		return err
+	}
+	return p.Backend.Revoke(ctx, id)
+}
+
+func (p *procKV) TimeToLive(ctx context.Context, id kv.LeaseID) (time.Duration, error) {
+	if err := p.gate(ctx, false); err != nil {
+		return 0, err
+	}
+	return p.Backend.TimeToLive(ctx, id)
+}
+
+func (p *procKV) Compact(ctx context.Context, rev int64) error {
+	if err := p.gate(ctx, false); err != nil {
+		return err
+	}
+	return p.Backend.Compact(ctx, rev)
+}
+
+func (p *procKV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	if err := p.gate(ctx, true); err != nil {
+		return kv.TxnResponse{}, err
+	}
+	resp, err := p.Backend.Txn(ctx, t)
+	if err == nil && p.checkWrite(t, resp) && p.writesLeft.Load() > 0 && p.writesLeft.Add(-1) == 0 {
+		_ = p.Close()
+	}
+	return resp, err
+}
+
+// checkWrite checks a txn that ran against the process's write rules and
+// reports whether it wrote.
+func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
+	ops := t.Then
+	if !resp.Succeeded {
+		ops = t.Else
+	}
+	var writes []kv.Op
+	for _, o := range ops {
+		if o.IsWrite() {
+			writes = append(writes, o)
+		}
+	}
+	if len(writes) == 0 || p.chk == nil {
+		return len(writes) > 0
+	}
+	switch p.role {
+	case roleCoord:
+		token, guarded := int64(0), false
+		for _, c := range t.If {
+			if c.Key == meta.CoordinatorKey && c.Target == kv.TargetCreateRevision && c.Result == kv.Equal {
+				token, guarded = c.Num, true
+			}
+		}
+		if !resp.Succeeded {
+			guarded = false // an Else branch runs exactly when a compare failed
+		}
+		if guarded && token == 0 {
+			// A campaign: creates the leader key, which is its own token.
+			token = resp.Revision
+		}
+		if !guarded {
+			p.chk.report("fencing: coordinator %s wrote %s at revision %d without its leadership guard", p.name, opKeys(writes), resp.Revision)
+			return true
+		}
+		p.chk.noteCoordWrite(p.name, token, resp.Revision)
+	case roleNode:
+		for _, o := range writes {
+			if id, err := meta.ParseNodeSessionKey(o.Key); err == nil && o.Type == kv.OpTypePut && resp.Succeeded {
+				p.mu.Lock()
+				p.nodeIDs[id] = true
+				p.mu.Unlock()
+				continue
+			}
+			if !strings.HasPrefix(o.Key, meta.ChannelPrefix) {
+				continue
+			}
+			id, _, err := meta.ParseChannelKey(o.Key)
+			p.mu.Lock()
+			own := err == nil && p.nodeIDs[id]
+			p.mu.Unlock()
+			if !own {
+				p.chk.report("node %s wrote %s (%v) at revision %d: not under the prefix of a node ID it registered", p.name, o.Key, o.Type, resp.Revision)
+				continue
+			}
+			cas := false
+			for _, c := range t.If {
+				if c.Key == o.Key && c.Target == kv.TargetModRevision && c.Result == kv.Equal && c.Num > 0 {
+					cas = true
+				}
+			}
+			if !cas || !resp.Succeeded {
+				p.chk.report("node %s wrote %s at revision %d without a compare-and-swap on its mod revision", p.name, o.Key, resp.Revision)
+			}
+		}
+	}
+	return true
+}
+
+func opKeys(ops []kv.Op) string {
+	keys := make([]string, 0, len(ops))
+	for _, o := range ops {
+		keys = append(keys, o.Type.String()+" "+o.Key)
+	}
+	if len(keys) > 4 {
+		keys = append(keys[:4], fmt.Sprintf("... (%d ops)", len(ops)))
+	}
+	return strings.Join(keys, ", ")
+}
+
+// Watch forwards the underlying watch, subject to WatchesDown and to the
+// wrapper's own partition.
+func (p *procKV) Watch(ctx context.Context, prefix string, fromRev int64) kv.WatchChan {
+	out := make(chan kv.WatchResponse)
+	go func() {
+		defer close(out)
+		w := &procWatch{kill: make(chan struct{})}
+		for {
+			p.mu.Lock()
+			down := p.down
+			if down == nil {
+				p.watches[w] = struct{}{}
+			}
+			p.mu.Unlock()
+			if down == nil {
+				break
+			}
+			select {
+			case <-down:
+			case <-ctx.Done():
+				return
+			}
+		}
+		defer func() {
+			p.mu.Lock()
+			delete(p.watches, w)
+			p.mu.Unlock()
+		}()
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		in := p.Backend.Watch(wctx, prefix, fromRev)
+		dropped := kv.WatchResponse{Err: fmt.Errorf("%w: conformance: watch dropped", kv.ErrUnavailable)}
+		for {
+			select {
+			case wr, ok := <-in:
+				if !ok {
+					return
+				}
+				if err := p.gate(ctx, false); err != nil {
+					return
+				}
+				if errors.Is(wr.Err, kv.ErrCompacted) {
+					p.compacted.Add(1)
+				}
+				select {
+				case out <- wr:
+				case <-w.kill:
+					p.send(ctx, out, dropped)
+					return
+				case <-ctx.Done():
+					return
+				}
+				if wr.Err != nil {
+					return
+				}
+			case <-w.kill:
+				p.send(ctx, out, dropped)
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func (p *procKV) send(ctx context.Context, out chan<- kv.WatchResponse, wr kv.WatchResponse) {
+	select {
+	case out <- wr:
+	case <-ctx.Done():
+	}
+}

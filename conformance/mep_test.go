@@ -1,0 +1,21 @@
+package conformance_test
+
+import (
+	"flag"
+	"testing"
+
+	"github.com/chanwatch/chanwatch/conformance"
+)
+
+func init() {
+	flag.Int64Var(&conformance.ChurnSeed, "seed", 0, "RandomizedChurn's seed (0: from the time; the test logs it)")
+	flag.IntVar(&conformance.ChurnRounds, "rounds", 0, "RandomizedChurn's rounds (0: 60 on memkv, 30 on etcd)")
+}
+
+// TestMEP runs the MEP scenario suite on every backend, with the KV
+// suite's factories: memkv on a fake clock, and a fresh root on the shared
+// in-process etcd server (real time, fast raft timers for 1-2 s TTLs).
+func TestMEP(t *testing.T) {
+	t.Run("mem", func(t *testing.T) { conformance.RunMEP(t, memFactory) })
+	t.Run("etcd", func(t *testing.T) { conformance.RunMEP(t, etcdFactory(sharedEtcd(t))) })
+}
