@@ -23,6 +23,15 @@ func RunKVTxn(t *testing.T, f Factory) {
 	})
 }
 
+// opKV returns the KV of the i-th response of resp, which must be a Get
+// that found its key.
+func opKV(t testing.TB, resp kv.TxnResponse, i int) kv.KeyValue {
+	t.Helper()
+	require.Greater(t, len(resp.Responses), i, "the txn has a response for op %d", i)
+	require.NotNil(t, resp.Responses[i].KV, "op %d is a Get that found its key", i)
+	return *resp.Responses[i].KV
+}
+
 func txnCreateOnly(t *testing.T, s *sc) {
 	const key = "txn/leader"
 	create := func(v string) kv.TxnResponse {
@@ -66,10 +75,11 @@ func txnCompareAndSwap(t *testing.T, s *sc) {
 
 	stale := swap(rev, "v3")
 	require.False(t, stale.Succeeded, "CAS on a stale mod revision fails")
-	require.Equal(t, "v2", string(stale.Responses[0].KV.Value))
-	require.Equal(t, ok.Revision, stale.Responses[0].KV.ModRevision)
+	cur := opKV(t, stale, 0)
+	require.Equal(t, "v2", string(cur.Value))
+	require.Equal(t, ok.Revision, cur.ModRevision)
 
-	again := swap(stale.Responses[0].KV.ModRevision, "v3")
+	again := swap(cur.ModRevision, "v3")
 	require.True(t, again.Succeeded, "CAS on the revision read in Else succeeds")
 	require.Equal(t, "v3", string(get(t, s.ctx, s.b, key).Value))
 
@@ -199,8 +209,9 @@ func txnGetInside(t *testing.T, s *sc) {
 	})
 	require.False(t, ro.Succeeded)
 	require.Equal(t, resp.Revision, ro.Revision)
-	require.Equal(t, "3", string(ro.Responses[0].KV.Value))
-	require.Equal(t, resp.Revision, ro.Responses[0].KV.CreateRevision)
+	c := opKV(t, ro, 0)
+	require.Equal(t, "3", string(c.Value))
+	require.Equal(t, resp.Revision, c.CreateRevision)
 }
 
 func txnDeleteReportsDeleted(t *testing.T, s *sc) {
@@ -221,6 +232,7 @@ func txnDeleteReportsDeleted(t *testing.T, s *sc) {
 	// A delete is exact: it does not remove keys it is a prefix of.
 	put(t, s.ctx, s.b, "d/ab", "x")
 	resp = txn(t, s.ctx, s.b, kv.Txn{Then: []kv.Op{kv.OpDelete("d/a")}})
+	require.Len(t, resp.Responses, 1)
 	require.Equal(t, int64(0), resp.Responses[0].Deleted)
 	require.Equal(t, "x", string(get(t, s.ctx, s.b, "d/ab").Value))
 }
