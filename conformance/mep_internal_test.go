@@ -1,0 +1,322 @@
+package conformance
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/memkv"
+	"github.com/chanwatch/chanwatch/meta"
+)
+
+// These tests show that the MEP suite's own checkers fail when an
+// invariant breaks: a checker that cannot fail proves nothing.
+
+func requireViolation(t *testing.T, got []string, want string) {
+	t.Helper()
+	for _, v := range got {
+		if strings.Contains(v, want) {
+			return
+		}
+	}
+	t.Fatalf("no violation containing %q in %q", want, got)
+}
+
+func requireNone(t *testing.T, got []string) {
+	t.Helper()
+	if len(got) > 0 {
+		t.Fatalf("unexpected violations: %q", got)
+	}
+}
+
+func info(ch string, token int64) meta.ChannelInfo {
+	return meta.ChannelInfo{Name: ch, State: meta.ToWatch, AssignRevision: token}
+}
+
+func TestRecorderOverlap(t *testing.T) {
+	ctx := t.Context()
+	r := NewRecorder(clockwork.NewFakeClock(), 0)
+	a, b := r.Handler("a", nil), r.Handler("b", nil)
+	if err := a.Watch(ctx, info("c", 5)); err != nil {
+		t.Fatal(err)
+	}
+	requireNone(t, r.Violations())
+	_ = b.Watch(ctx, info("c", 6))
+	requireViolation(t, r.Violations(), "overlap")
+}
+
+func TestRecorderSequentialOwnersAndTokens(t *testing.T) {
+	ctx := t.Context()
+	r := NewRecorder(clockwork.NewFakeClock(), 0)
+	a, b := r.Handler("a", nil), r.Handler("b", nil)
+	_ = a.Watch(ctx, info("c", 5))
+	_ = a.Release(ctx, "c")
+	_ = b.Watch(ctx, info("c", 9))
+	_ = b.Release(ctx, "c")
+	requireNone(t, r.Violations())
+	_ = a.Watch(ctx, info("c", 7))
+	requireViolation(t, r.Violations(), "token went backwards")
+	_ = a.Release(ctx, "c")
+	_ = b.Watch(ctx, info("c", 9))
+	requireViolation(t, r.Violations(), "watched twice")
+	_ = b.Release(ctx, "c")
+	_ = a.Watch(ctx, info("d", 0))
+	requireViolation(t, r.Violations(), "no fencing token")
+}
+
+func TestRecorderCrashAndFence(t *testing.T) {
+	ctx := t.Context()
+	clock := clockwork.NewFakeClock()
+	r := NewRecorder(clock, 0)
+	a := r.Handler("a", func() int64 { return 1 })
+	b := r.Handler("b", func() int64 { return 2 })
+	_ = a.Watch(ctx, info("c", 5))
+	r.Crash("a")
+	if err := a.Watch(ctx, info("x", 6)); err == nil {
+		t.Fatal("a crashed process's Watch succeeded")
+	}
+	_ = b.Watch(ctx, info("c", 7)) // a crashed: no overlap
+	requireNone(t, r.Violations())
+
+	// A live node whose session ended must have stopped one TTL later.
+	_ = b.Watch(ctx, info("d", 8))
+	r.SessionGone(2, 100, 10*time.Second)
+	r.CheckFenced()
+	requireNone(t, r.Violations())
+	clock.Advance(10 * time.Second)
+	r.CheckFenced()
+	requireViolation(t, r.Violations(), "did not fence")
+}
+
+func TestRecorderStuckReleaseWaitsForTTL(t *testing.T) {
+	ctx := t.Context()
+	clock := clockwork.NewFakeClock()
+	r := NewRecorder(clock, 0)
+	a := r.Handler("a", func() int64 { return 1 })
+	b := r.Handler("b", func() int64 { return 2 })
+	unstick := a.StickRelease("c")
+	defer unstick()
+	_ = a.Watch(ctx, info("c", 5))
+	go func() { _ = a.Release(ctx, "c") }()
+	waitUntil(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		iv := r.open["c"]["a"]
+		return iv != nil && iv.Stuck
+	})
+	r.SessionGone(1, 50, 10*time.Second)
+	clock.Advance(9 * time.Second)
+	_ = b.Watch(ctx, info("c", 6))
+	requireViolation(t, r.Violations(), "overlap") // before one TTL: still a paused owner
+	_ = b.Release(ctx, "c")
+
+	r2 := NewRecorder(clock, 0)
+	a2, b2 := r2.Handler("a", func() int64 { return 1 }), r2.Handler("b", func() int64 { return 2 })
+	unstick2 := a2.StickRelease("c")
+	defer unstick2()
+	_ = a2.Watch(ctx, info("c", 5))
+	go func() { _ = a2.Release(ctx, "c") }()
+	waitUntil(t, func() bool {
+		r2.mu.Lock()
+		defer r2.mu.Unlock()
+		iv := r2.open["c"]["a"]
+		return iv != nil && iv.Stuck
+	})
+	r2.SessionGone(1, 50, 10*time.Second)
+	clock.Advance(10 * time.Second)
+	_ = b2.Watch(ctx, info("c", 6))
+	requireNone(t, r2.Violations())
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		timer := time.NewTimer(pollInterval)
+		<-timer.C
+	}
+}
+
+// checkerOn runs a Checker on a fresh memkv store and returns a handle to
+// write with.
+func checkerOn(t *testing.T) (*Checker, kv.Backend, *memkv.KV) {
+	store := memkv.New(memkv.WithClock(clockwork.NewFakeClock()))
+	t.Cleanup(func() { _ = store.Close() })
+	rec := NewRecorder(nil, 0)
+	chk := NewChecker(store.NewClient(), rec)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- chk.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := chk.Sync(t.Context()); err != nil { // listed before any write
+		t.Fatal(err)
+	}
+	return chk, store.NewClient(), store
+}
+
+func mustPut(t *testing.T, b kv.KV, key string, value []byte) {
+	t.Helper()
+	if _, err := kv.Put(t.Context(), b, key, value); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func encInfo(t *testing.T, ch string, st meta.State) []byte {
+	t.Helper()
+	v, err := meta.EncodeChannelInfo(meta.ChannelInfo{Name: ch, State: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func encSpec(t *testing.T, ch string) []byte {
+	t.Helper()
+	v, err := meta.EncodeChannelSpec(meta.ChannelSpec{Name: ch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestCheckerTwoKeys(t *testing.T) {
+	chk, b, _ := checkerOn(t)
+	mustPut(t, b, meta.RegistryKey("c"), encSpec(t, "c"))
+	mustPut(t, b, meta.ChannelKey(1, "c"), encInfo(t, "c", meta.ToWatch))
+	// A move in one txn is fine.
+	if _, err := b.Txn(t.Context(), kv.Txn{Then: []kv.Op{
+		kv.OpDelete(meta.ChannelKey(1, "c")), kv.OpPut(meta.ChannelKey(2, "c"), encInfo(t, "c", meta.ToWatch)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chk.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	requireNone(t, chk.Violations())
+	mustPut(t, b, meta.RemainingKey("c"), encInfo(t, "c", meta.ToWatch))
+	if err := chk.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	requireViolation(t, chk.Violations(), "invariant 1")
+}
+
+func TestCheckerLostChannel(t *testing.T) {
+	chk, b, _ := checkerOn(t)
+	mustPut(t, b, meta.RegistryKey("c"), encSpec(t, "c"))
+	mustPut(t, b, meta.ChannelKey(1, "c"), encInfo(t, "c", meta.Watched))
+	// A delete and a put in two txns leaves a revision without a key.
+	if _, _, err := kv.Delete(t.Context(), b, meta.ChannelKey(1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, b, meta.ChannelKey(2, "c"), encInfo(t, "c", meta.ToWatch))
+	if err := chk.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	requireViolation(t, chk.Violations(), "invariant 3")
+}
+
+func TestCheckerDeregisteredIsNotLost(t *testing.T) {
+	chk, b, _ := checkerOn(t)
+	mustPut(t, b, meta.RegistryKey("c"), encSpec(t, "c"))
+	mustPut(t, b, meta.ChannelKey(1, "c"), encInfo(t, "c", meta.Watched))
+	if _, _, err := kv.Delete(t.Context(), b, meta.RegistryKey("c")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := kv.Delete(t.Context(), b, meta.ChannelKey(1, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if err := chk.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	requireNone(t, chk.Violations())
+}
+
+func TestProcKVWriteRules(t *testing.T) {
+	chk, b, store := checkerOn(t)
+	ctx := t.Context()
+	coord := newProcKV(store.NewClient(), "c1", roleCoord, chk)
+	// An unguarded coordinator write.
+	mustPut(t, coord, meta.ChannelKey(1, "c"), encInfo(t, "c", meta.ToWatch))
+	requireViolation(t, chk.Violations(), "without its leadership guard")
+
+	// A guarded write under a leadership the coordinator does not hold.
+	mustPut(t, b, meta.CoordinatorKey, mustCoord(t, "c2"))
+	item, _, _ := b.Get(ctx, meta.CoordinatorKey)
+	if _, err := coord.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpCreateRevision(meta.CoordinatorKey, kv.Equal, item.CreateRevision)},
+		Then: []kv.Op{kv.OpPut(meta.ChannelKey(1, "d"), encInfo(t, "d", meta.ToWatch))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chk.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	requireViolation(t, chk.Violations(), "outside its leadership")
+
+	node := newProcKV(store.NewClient(), "n1", roleNode, chk)
+	mustPut(t, node, meta.NodeSessionKey(7), []byte("x"))
+	cur, _, _ := b.Get(ctx, meta.ChannelKey(1, "c"))
+	// Another node's prefix, even with a CAS.
+	if _, err := node.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpModRevision(meta.ChannelKey(1, "c"), kv.Equal, cur.ModRevision)},
+		Then: []kv.Op{kv.OpPut(meta.ChannelKey(1, "c"), encInfo(t, "c", meta.Watched))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	requireViolation(t, chk.Violations(), "not under the prefix")
+	// Its own prefix without a CAS.
+	mustPut(t, node, meta.ChannelKey(7, "e"), encInfo(t, "e", meta.Watched))
+	requireViolation(t, chk.Violations(), "without a compare-and-swap")
+}
+
+func mustCoord(t *testing.T, id string) []byte {
+	v, err := meta.EncodeCoordSession(meta.CoordSession{ID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestCheckerExpectFence(t *testing.T) {
+	chk, b, _ := checkerOn(t)
+	ctx := t.Context()
+	h := chk.rec.Handler("n1", func() int64 { return 3 })
+	sess, _ := meta.EncodeNodeSession(meta.NodeSession{ID: 3, State: meta.NodeServing, TTL: time.Second})
+	mustPut(t, b, meta.NodeSessionKey(3), sess)
+	if err := chk.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	chk.ExpectFence(3)
+	_ = h.Watch(ctx, info("c", 4))
+	if _, _, err := kv.Delete(ctx, b, meta.NodeSessionKey(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chk.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	requireViolation(t, chk.Violations(), "self-fence")
+}
+
+func TestMinMoves(t *testing.T) {
+	for _, tc := range []struct {
+		counts map[int64]int
+		want   int
+	}{
+		{map[int64]int{1: 30, 2: 0}, 15},
+		{map[int64]int{1: 15, 2: 15, 3: 0}, 10},
+		{map[int64]int{1: 10, 2: 10, 3: 10}, 0},
+		{map[int64]int{1: 7, 2: 0, 3: 0}, 4},
+		{map[int64]int{1: 3, 2: 3, 3: 1}, 1},
+	} {
+		if got := minMoves(tc.counts); got != tc.want {
+			t.Errorf("minMoves(%v) = %d, want %d", tc.counts, got, tc.want)
+		}
+	}
+}
