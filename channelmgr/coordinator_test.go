@@ -263,6 +263,7 @@ func TestBalanceOnJoinMinimalMoves(t *testing.T) {
 	h.register(2, chs[10:]...)
 	h.eventually("all watched", func() bool { return h.allWatched(chs) })
 	before := h.assignments()
+	start := h.rev()
 	n3 := h.addNode()
 	h.eventually("balanced 7/7/6", func() bool {
 		c := h.counts()
@@ -279,6 +280,19 @@ func TestBalanceOnJoinMinimalMoves(t *testing.T) {
 	}
 	if moved != 6 {
 		t.Fatalf("%d channels moved, want the minimum 6", moved)
+	}
+	// And no channel moved twice: exactly 6 ToWatch puts since the join.
+	toWatch := 0
+	for _, ev := range h.events(meta.ChannelPrefix, start, h.lastChannelRev()) {
+		if ev.Type != kv.EventPut {
+			continue
+		}
+		if info, err := meta.DecodeChannelInfo(ev.KV.Key, ev.KV.Value); err == nil && info.State == meta.ToWatch {
+			toWatch++
+		}
+	}
+	if toWatch != 6 {
+		t.Fatalf("%d ToWatch puts after the join, want 6", toWatch)
 	}
 	// Both collections are spread onto the joiner.
 	per := map[int64]int{}

@@ -233,10 +233,6 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		extras = append([]*keyEntry{primary}, extras...)
 		primary = nil
 	}
-	if rt.target != 0 && (reg == nil || primary == nil || primary.node == rt.target ||
-		(!primary.corrupt && (primary.info.State == meta.Watched || primary.info.State == meta.ToWatch))) {
-		rt.target = 0
-	}
 	// Count the load where the channel is (or is going) even while we wait.
 	pending := rt.pending(r.v.rev, now)
 	var at int64
@@ -257,6 +253,13 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		return
 	}
 	rt.placedOn = 0
+	// A move target outlives our ToRelease only until the channel lands
+	// (or runs again where it was, or goes away). Checked only on a view
+	// that has our own writes: before that, it still shows Watched.
+	if rt.target != 0 && (reg == nil || primary == nil || primary.node == rt.target ||
+		(!primary.corrupt && (primary.info.State == meta.Watched || primary.info.State == meta.ToWatch))) {
+		rt.target = 0
+	}
 	const maxExtrasPerPass = 8 // keep one channel's merged unit far below MaxTxnOps
 	for i, k := range extras {
 		if i == maxExtrasPerPass {
