@@ -1,0 +1,126 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chanwatch/chanwatch/internal/netproxy"
+	"github.com/chanwatch/chanwatch/kv/raftkv"
+)
+
+// raftCluster is a raftkv cluster whose nodes advertise a proxy in front of
+// their own port, so that a test can cut a node's inbound traffic (raft RPCs
+// and forwarded requests from the others) or reset it.
+type raftCluster struct {
+	t       testing.TB
+	cfgs    []raftkv.Config
+	opts    []raftkv.Option
+	proxies []*netproxy.Proxy
+
+	mu    sync.Mutex
+	nodes []*raftkv.Node
+	alive []bool
+}
+
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// startRaft starts n nodes that bootstrap together, with loopback raft
+// timers, and waits until every node knows the leader.
+func startRaft(t testing.TB, n int, opts ...raftkv.Option) *raftCluster {
+	t.Helper()
+	c := &raftCluster{t: t, opts: append([]raftkv.Option{raftkv.WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond)}, opts...)}
+	dir := t.TempDir()
+	var peers []raftkv.Peer
+	for i := range n {
+		addr := freePort(t)
+		p, err := netproxy.New(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.proxies = append(c.proxies, p)
+		id := fmt.Sprintf("r%d", i)
+		peers = append(peers, raftkv.Peer{ID: id, Addr: p.Addr()})
+		c.cfgs = append(c.cfgs, raftkv.Config{ID: id, Addr: addr, Advertise: p.Addr(), Dir: filepath.Join(dir, id), Bootstrap: true})
+	}
+	t.Cleanup(c.close)
+	for i := range c.cfgs {
+		c.cfgs[i].Peers = peers
+		node, err := raftkv.Open(c.cfgs[i], c.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.nodes = append(c.nodes, node)
+		c.alive = append(c.alive, true)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, node := range c.nodes {
+		if _, err := node.WaitLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func (c *raftCluster) node(i int) *raftkv.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[i]
+}
+
+// leader returns a running node that says it leads, or -1.
+func (c *raftCluster) leader() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, n := range c.nodes {
+		if c.alive[i] && n.IsLeader() {
+			return i
+		}
+	}
+	return -1
+}
+
+func (c *raftCluster) kill(i int) error {
+	c.mu.Lock()
+	n := c.nodes[i]
+	c.alive[i] = false
+	c.mu.Unlock()
+	return n.Close()
+}
+
+func (c *raftCluster) restart(i int) error {
+	n, err := raftkv.Open(c.cfgs[i], c.opts...)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.nodes[i], c.alive[i] = n, true
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *raftCluster) close() {
+	c.mu.Lock()
+	nodes := append([]*raftkv.Node(nil), c.nodes...)
+	c.mu.Unlock()
+	for _, n := range nodes {
+		_ = n.Close()
+	}
+	for _, p := range c.proxies {
+		_ = p.Close()
+	}
+}
