@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -328,14 +327,4 @@ func (s *watchStream) requireNoMore(ctx context.Context, b kv.KV, prefix string)
 	rev := put(s.t, ctx, b, key, value)
 	got := digest(s.next(1))
 	require.Equal(s.t, []evt{putEvt(key, value, rev)}, got, "the next event after the expected ones must be the sentinel write")
-}
-
-// errIsAny reports whether err wraps any of targets.
-func errIsAny(err error, targets ...error) bool {
-	for _, target := range targets {
-		if errors.Is(err, target) {
-			return true
-		}
-	}
-	return false
 }
