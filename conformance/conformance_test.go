@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 func TestKV(t *testing.T) {
 	t.Run("mem", func(t *testing.T) { conformance.RunKV(t, memFactory) })
 	t.Run("etcd", func(t *testing.T) { conformance.RunKV(t, etcdFactory(sharedEtcd(t))) })
-	t.Run("raft", func(t *testing.T) { conformance.RunKV(t, raftFactory) })
+	t.Run("raft", runRaft)
 }
 
 // memFactory gives each scenario a fresh in-memory store on a fake clock.

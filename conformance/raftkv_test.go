@@ -2,7 +2,9 @@ package conformance_test
 
 import (
 	"context"
-	"sync/atomic"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,15 +15,13 @@ import (
 	"github.com/chanwatch/chanwatch/kv/raftkv"
 )
 
-// raftEnvs counts raft Envs: every other one binds its handles to a
-// follower, so forwarding is held to the same contract as the leader.
-var raftEnvs atomic.Int64
-
-// raftFactory gives each scenario a fresh 3-node raftkv cluster on
-// loopback, with lease deadlines on a fake clock. raftkv has no key root,
-// so isolation comes from separate clusters.
-func raftFactory(t testing.TB) conformance.Env {
-	t.Helper()
+// runRaft runs the KV suite on one 3-node raftkv cluster on loopback,
+// started for the run (a second a cluster: one per scenario would cost a
+// minute), with lease deadlines on a fake clock and fsync off. Each Env
+// gets its own root, as on etcd, and binds its handles to the leader or,
+// for every other Env, to a follower, so forwarding is held to the same
+// contract.
+func runRaft(t *testing.T) {
 	clock := clockwork.NewFakeClock()
 	c, err := raftkv.StartCluster(t.TempDir(), 3, raftkv.WithClock(clock), raftkv.WithUnsafeNoFsync(true))
 	if err != nil {
@@ -32,22 +32,38 @@ func raftFactory(t testing.TB) conformance.Env {
 			t.Errorf("close raftkv cluster: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	l, err := c.WaitLeader(ctx)
-	if err != nil {
-		t.Fatalf("raftkv leader: %v", err)
-	}
-	node := c.Node(l)
-	if raftEnvs.Add(1)%2 == 0 {
-		node = c.Node((l + 1) % c.Len())
-	}
-	return conformance.Env{
-		Open: func(t testing.TB) kv.Backend {
-			h := node.Client()
-			t.Cleanup(func() { closeHandle(t, h) })
-			return h
-		},
-		Clock: clock,
-	}
+	var mu sync.Mutex
+	envs := map[string]int{} // Envs per test, for distinct roots
+	all := 0
+	conformance.RunKV(t, func(t testing.TB) conformance.Env {
+		t.Helper()
+		mu.Lock()
+		envs[t.Name()]++
+		root := fmt.Sprintf("conformance/%s/%s", t.Name(), strings.Repeat("r", envs[t.Name()]))
+		all++
+		toFollower := all%2 == 0
+		mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		l, err := c.WaitLeader(ctx)
+		if err != nil {
+			t.Fatalf("raftkv leader: %v", err)
+		}
+		node := c.Node(l)
+		if toFollower {
+			node = c.Node((l + 1) % c.Len())
+		}
+		return conformance.Env{
+			Open: func(t testing.TB) kv.Backend {
+				t.Helper()
+				h, err := node.Client(root)
+				if err != nil {
+					t.Fatalf("raftkv client: %v", err)
+				}
+				t.Cleanup(func() { closeHandle(t, h) })
+				return h
+			},
+			Clock: clock,
+		}
+	})
 }

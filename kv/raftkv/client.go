@@ -4,20 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 )
 
-// Client is a handle on a Node with a Close of its own, as one process
-// among several sharing the node would hold: closing it fails its calls,
-// in flight and later, and ends its open watches with kv.ErrClosed, and
-// leaves the node and its other handles running. Leases granted through a
-// closed Client live on until they expire, as a crashed process's would.
-// All methods are safe for concurrent use.
+// Client is a handle on a Node with a root and a Close of its own, as one
+// process among several sharing the node would hold. Its keys live under
+// root + "/" in the cluster's keyspace (the whole keyspace for root ""):
+// two Clients on different roots never see each other's keys, even when
+// one root is a string prefix of the other. Revisions, leases and
+// compaction are the cluster's, shared by every root, as on etcd. Closing a
+// Client fails its calls, in flight and later, and ends its open watches
+// with kv.ErrClosed, and leaves the node and its other handles running;
+// leases granted through it live on until they expire, as a crashed
+// process's would. All methods are safe for concurrent use.
 type Client struct {
 	n      *Node
+	prefix string          // root + "/", or ""
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	once   sync.Once
@@ -25,10 +31,19 @@ type Client struct {
 
 var _ kv.Backend = (*Client)(nil)
 
-// Client returns a new handle on n.
-func (n *Node) Client() *Client {
+// Client returns a new handle on n whose keys live under root (see
+// Client). Errors: kv.ErrInvalidKey for a root that starts or ends with
+// '/'.
+func (n *Node) Client(root string) (*Client, error) {
+	if strings.HasPrefix(root, "/") || strings.HasSuffix(root, "/") {
+		return nil, fmt.Errorf("%w: root %q must not start or end with '/'", kv.ErrInvalidKey, root)
+	}
+	prefix := ""
+	if root != "" {
+		prefix = root + "/"
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{n: n, ctx: ctx, cancel: cancel}
+	return &Client{n: n, prefix: prefix, ctx: ctx, cancel: cancel}, nil
 }
 
 // Close closes the handle (not the node). Its watches end with a last
@@ -55,31 +70,76 @@ func (c *Client) call(ctx context.Context, f func(context.Context) error) error 
 	return err
 }
 
-// Get is Node.Get.
+// Get is Node.Get under the root.
 func (c *Client) Get(ctx context.Context, key string) (item kv.KeyValue, rev int64, err error) {
+	if err := kv.ValidateKey(key); err != nil {
+		return kv.KeyValue{}, 0, err
+	}
 	err = c.call(ctx, func(ctx context.Context) error {
-		item, rev, err = c.n.Get(ctx, key)
+		item, rev, err = c.n.Get(ctx, c.prefix+key)
 		return err
 	})
+	c.strip(&item)
 	return item, rev, err
 }
 
-// List is Node.List.
+// List is Node.List under the root.
 func (c *Client) List(ctx context.Context, prefix string) (items []kv.KeyValue, rev int64, err error) {
+	if err := kv.ValidatePrefix(prefix); err != nil {
+		return nil, 0, err
+	}
 	err = c.call(ctx, func(ctx context.Context) error {
-		items, rev, err = c.n.List(ctx, prefix)
+		items, rev, err = c.n.List(ctx, c.prefix+prefix)
 		return err
 	})
+	for i := range items {
+		c.strip(&items[i])
+	}
 	return items, rev, err
 }
 
-// Txn is Node.Txn.
+// Txn is Node.Txn under the root.
 func (c *Client) Txn(ctx context.Context, t kv.Txn) (resp kv.TxnResponse, err error) {
+	// Checked as the caller wrote it, so errors name the caller's keys.
+	if err := kv.ValidateTxn(t, c.n.MaxTxnOps()); err != nil {
+		return kv.TxnResponse{}, err
+	}
+	if c.prefix != "" {
+		t = kv.Txn{If: c.cmps(t.If), Then: c.ops(t.Then), Else: c.ops(t.Else)}
+	}
 	err = c.call(ctx, func(ctx context.Context) error {
 		resp, err = c.n.Txn(ctx, t)
 		return err
 	})
+	for _, r := range resp.Responses {
+		if r.KV != nil {
+			c.strip(r.KV)
+		}
+	}
 	return resp, err
+}
+
+func (c *Client) cmps(in []kv.Cmp) []kv.Cmp {
+	out := make([]kv.Cmp, len(in))
+	for i, cmp := range in {
+		cmp.Key = c.prefix + cmp.Key
+		out[i] = cmp
+	}
+	return out
+}
+
+func (c *Client) ops(in []kv.Op) []kv.Op {
+	out := make([]kv.Op, len(in))
+	for i, o := range in {
+		o.Key = c.prefix + o.Key
+		out[i] = o
+	}
+	return out
+}
+
+// strip makes a key relative to the root again.
+func (c *Client) strip(item *kv.KeyValue) {
+	item.Key = strings.TrimPrefix(item.Key, c.prefix)
 }
 
 // MaxTxnOps is Node.MaxTxnOps.
@@ -122,13 +182,17 @@ func (c *Client) TimeToLive(ctx context.Context, id kv.LeaseID) (left time.Durat
 	return left, err
 }
 
-// Watch is Node.Watch; closing the handle ends the watch with kv.ErrClosed.
+// Watch is Node.Watch under the root; closing the handle ends the watch
+// with kv.ErrClosed.
 func (c *Client) Watch(ctx context.Context, prefix string, fromRev int64) kv.WatchChan {
+	if err := kv.ValidatePrefix(prefix); err != nil {
+		return failedWatch(err)
+	}
 	if c.ctx.Err() != nil {
 		return failedWatch(kv.ErrClosed)
 	}
 	inner, cancel := context.WithCancel(ctx)
-	in := c.n.Watch(inner, prefix, fromRev)
+	in := c.n.Watch(inner, c.prefix+prefix, fromRev)
 	out := make(chan kv.WatchResponse, 1)
 	go func() {
 		defer close(out)
@@ -138,6 +202,9 @@ func (c *Client) Watch(ctx context.Context, prefix string, fromRev int64) kv.Wat
 			case r, ok := <-in:
 				if !ok {
 					return
+				}
+				for i := range r.Events {
+					c.strip(&r.Events[i].KV)
 				}
 				select {
 				case out <- r:
