@@ -56,7 +56,7 @@ func runRaft(t *testing.T) {
 		return conformance.Env{
 			Open: func(t testing.TB) kv.Backend {
 				t.Helper()
-				h, err := node.Client(root)
+				h, err := node.ClientAt(root)
 				if err != nil {
 					t.Fatalf("raftkv client: %v", err)
 				}

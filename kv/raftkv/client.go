@@ -31,10 +31,16 @@ type Client struct {
 
 var _ kv.Backend = (*Client)(nil)
 
-// Client returns a new handle on n whose keys live under root (see
+// Client returns a new handle on n over the whole keyspace.
+func (n *Node) Client() *Client {
+	c, _ := n.ClientAt("") // the empty root is always valid
+	return c
+}
+
+// ClientAt returns a new handle on n whose keys live under root (see
 // Client). Errors: kv.ErrInvalidKey for a root that starts or ends with
 // '/'.
-func (n *Node) Client(root string) (*Client, error) {
+func (n *Node) ClientAt(root string) (*Client, error) {
 	if strings.HasPrefix(root, "/") || strings.HasSuffix(root, "/") {
 		return nil, fmt.Errorf("%w: root %q must not start or end with '/'", kv.ErrInvalidKey, root)
 	}
