@@ -21,10 +21,18 @@
 // has verified its leadership; a new leader gives every lease a full TTL
 // from its takeover, as etcd does.
 //
-// Errors: a write proposed but not known to have applied (leadership lost,
-// context done, node closed) wraps kv.ErrUnknownOutcome; no leader within
-// WithRequestTimeout is kv.ErrUnavailable; Close makes later calls and open
-// watches fail with kv.ErrClosed.
+// Errors: a write proposed but not known to have applied (leadership lost
+// while committing, context done, node closed) wraps kv.ErrUnknownOutcome.
+// Raft errors that say the entry never reached the log (not the leader, a
+// leadership transfer, an enqueue timeout) are retried on the current
+// leader instead, within WithRequestTimeout; no leader within it is
+// kv.ErrUnavailable. Close makes later calls and open watches fail with
+// kv.ErrClosed.
+//
+// A Node is a kv.Backend over the whole keyspace. Node.Client and
+// Node.ClientAt hand out handles with their own Close (a process sharing
+// the node), ClientAt under a root, as etcdkv confines keys under its root.
+// StartCluster runs a loopback cluster for tests and demos.
 //
 // raftkv must not: serve a read from a replica that has not caught up with
 // the leader's verified commit index; let any replica expire a lease on its
