@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/chanwatch/chanwatch/channelmgr"
+	"github.com/chanwatch/chanwatch/kv/kvstats"
+	"github.com/chanwatch/chanwatch/session"
+)
+
+func newCoordCmd(g *globalFlags) *cobra.Command {
+	var (
+		httpAddr, id, policy            string
+		ttl, watchTimeout, releaseTimeo time.Duration
+		maxMoves                        int
+	)
+	cmd := &cobra.Command{
+		Use:   "coord",
+		Short: "Run a coordinator (DataCoord side); several may run, one leads",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lg, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer lg.Sync() //nolint:errcheck
+			var pol channelmgr.Policy
+			switch policy {
+			case "least-loaded":
+				pol = channelmgr.LeastLoaded()
+			case "consistent-hash":
+				pol = channelmgr.ConsistentHash(64)
+			default:
+				return usagef("--policy %q: want least-loaded or consistent-hash", policy)
+			}
+			if maxMoves <= 0 {
+				return usagef("--max-moves must be > 0, got %d", maxMoves)
+			}
+			ctx := cmd.Context()
+			b, closeB, err := g.connect(ctx, lg)
+			if err != nil {
+				return err
+			}
+			defer closeB()
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			m, err := kvstats.NewMetrics(reg)
+			if err != nil {
+				return err
+			}
+			b = kvstats.Wrap(b, m)
+			opts := []channelmgr.Option{
+				channelmgr.WithLogger(lg), channelmgr.WithRegisterer(reg), channelmgr.WithPolicy(pol),
+				channelmgr.WithSessionTTL(ttl), channelmgr.WithWatchTimeout(watchTimeout),
+				channelmgr.WithReleaseTimeout(releaseTimeo), channelmgr.WithMaxMovesInFlight(maxMoves),
+			}
+			if id != "" {
+				opts = append(opts, channelmgr.WithID(id))
+			}
+			coord, err := channelmgr.New(b, opts...)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			term, stopSig := sigterm()
+			defer stopSig()
+			go func() {
+				select {
+				case <-term:
+					lg.Info("SIGTERM: stepping down")
+					cancel()
+				case <-runCtx.Done():
+				}
+			}()
+			ready := func() bool {
+				if coord.IsLeader() {
+					return true
+				}
+				pctx, c := context.WithTimeout(runCtx, time.Second)
+				defer c()
+				_, _, err := session.Leader(pctx, b)
+				return err == nil
+			}
+			if err := serveHTTP(runCtx, httpAddr, reg, ready, lg); err != nil {
+				return err
+			}
+			lg.Info("coordinator starting", zap.String("id", coord.ID()), zap.String("root", g.root))
+			err = coord.Run(runCtx)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&httpAddr, "http", "127.0.0.1:0", "address for /metrics, /healthz, /readyz, /debug/pprof (empty: none)")
+	f.StringVar(&id, "id", "", "coordinator ID (default: host and pid)")
+	f.StringVar(&policy, "policy", "least-loaded", "placement policy: least-loaded or consistent-hash")
+	f.DurationVar(&ttl, "session-ttl", channelmgr.DefaultSessionTTL, "coordinator session lease TTL")
+	f.DurationVar(&watchTimeout, "watch-timeout", 30*time.Second, "ToWatch without progress for this long is reassigned")
+	f.DurationVar(&releaseTimeo, "release-timeout", 30*time.Second, "ToRelease unanswered for this long evicts the node")
+	f.IntVar(&maxMoves, "max-moves", 16, "balance moves in flight at most")
+	return cmd
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/chanwatch/chanwatch/kv/kvstats"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/nodewatch"
+)
+
+// logHandler is the node daemon's handler: it logs Watch and Release and
+// can simulate slow or failing watches for trials.
+type logHandler struct {
+	lg       *zap.Logger
+	delay    time.Duration
+	failRate float64
+	node     func() int64
+
+	mu      sync.Mutex
+	rng     *rand.Rand
+	running map[string]int64
+	watches prometheus.Counter
+	fails   prometheus.Counter
+	latency *prometheus.HistogramVec
+}
+
+func (h *logHandler) Watch(ctx context.Context, info meta.ChannelInfo) error {
+	start := time.Now()
+	fields := []zap.Field{zap.String("channel", info.Name), zap.Int64("node", h.node()), zap.Int64("assign_rev", info.AssignRevision)}
+	h.lg.Info("watch start", fields...)
+	if h.delay > 0 {
+		t := time.NewTimer(h.delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			h.lg.Info("watch cancelled", fields...)
+			return ctx.Err()
+		}
+	}
+	h.mu.Lock()
+	fail := h.failRate > 0 && h.rng.Float64() < h.failRate
+	if !fail {
+		h.running[info.Name] = info.AssignRevision
+	}
+	h.mu.Unlock()
+	h.latency.WithLabelValues("watch").Observe(time.Since(start).Seconds())
+	h.watches.Inc()
+	if fail {
+		h.fails.Inc()
+		h.lg.Warn("watch failed (simulated)", fields...)
+		return fmt.Errorf("simulated watch failure on node %d", h.node())
+	}
+	h.lg.Info("watch done", fields...)
+	return nil
+}
+
+func (h *logHandler) Release(_ context.Context, channel string) error {
+	start := time.Now()
+	h.mu.Lock()
+	rev := h.running[channel]
+	delete(h.running, channel)
+	h.mu.Unlock()
+	h.latency.WithLabelValues("release").Observe(time.Since(start).Seconds())
+	h.lg.Info("released", zap.String("channel", channel), zap.Int64("node", h.node()), zap.Int64("assign_rev", rev))
+	return nil
+}
+
+func newNodeCmd(g *globalFlags) *cobra.Command {
+	var (
+		httpAddr, addr string
+		ttl, delay, hb time.Duration
+		failRate       float64
+		drainTimeout   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a node agent (DataNode side) whose handler logs Watch and Release",
+		Long: "Run a node agent. SIGTERM drains it gracefully (the coordinator moves its channels away,\n" +
+			"then it leaves); a second SIGTERM, or SIGINT, exits at once.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lg, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer lg.Sync() //nolint:errcheck
+			if failRate < 0 || failRate > 1 {
+				return usagef("--fail-rate must be in [0,1], got %v", failRate)
+			}
+			if delay < 0 {
+				return usagef("--watch-delay must be >= 0, got %v", delay)
+			}
+			ctx := cmd.Context()
+			b, closeB, err := g.connect(ctx, lg)
+			if err != nil {
+				return err
+			}
+			defer closeB()
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			m, err := kvstats.NewMetrics(reg)
+			if err != nil {
+				return err
+			}
+			b = kvstats.Wrap(b, m)
+			h := &logHandler{
+				lg: lg, delay: delay, failRate: failRate, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
+				running: map[string]int64{},
+				watches: prometheus.NewCounter(prometheus.CounterOpts{Name: "chanwatch_node_watches_total", Help: "Handler Watch calls."}),
+				fails:   prometheus.NewCounter(prometheus.CounterOpts{Name: "chanwatch_node_watch_failures_total", Help: "Handler Watch failures."}),
+				latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chanwatch_node_handler_seconds", Help: "Handler latency by call."}, []string{"call"}),
+			}
+			reg.MustRegister(h.watches, h.fails, h.latency)
+			opts := []nodewatch.Option{nodewatch.WithLogger(lg), nodewatch.WithSessionTTL(ttl), nodewatch.WithAddr(addr)}
+			if hb > 0 {
+				opts = append(opts, nodewatch.WithProgressInterval(hb))
+			}
+			node, err := nodewatch.New(b, h, opts...)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			h.node = node.ID
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			if err := serveHTTP(runCtx, httpAddr, reg, func() bool { return node.ID() != 0 }, lg); err != nil {
+				return err
+			}
+			term, stopSig := sigterm()
+			defer stopSig()
+			go func() {
+				select {
+				case <-term:
+				case <-runCtx.Done():
+					return
+				}
+				lg.Info("SIGTERM: draining; send SIGTERM again to exit at once", zap.Int64("node", node.ID()))
+				sctx, scancel := context.WithTimeout(runCtx, drainTimeout)
+				defer scancel()
+				go func() {
+					select {
+					case <-term:
+						lg.Warn("second SIGTERM: exiting now", zap.Int64("node", node.ID()))
+						cancel()
+					case <-sctx.Done():
+					}
+				}()
+				if err := node.Stop(sctx); err != nil {
+					lg.Warn("drain did not finish", zap.Error(err))
+					cancel()
+				}
+			}()
+			err = node.Run(runCtx)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			lg.Info("node stopped", zap.Int64("node", node.ID()))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&httpAddr, "http", "127.0.0.1:0", "address for /metrics, /healthz, /readyz, /debug/pprof (empty: none)")
+	f.StringVar(&addr, "addr", "", "address this node advertises in its session")
+	f.DurationVar(&ttl, "session-ttl", nodewatch.DefaultSessionTTL, "node session lease TTL")
+	f.DurationVar(&hb, "progress-interval", 0, "progress heartbeat while a Watch runs (default: nodewatch's)")
+	f.DurationVar(&delay, "watch-delay", 0, "simulate a slow Watch taking this long")
+	f.Float64Var(&failRate, "fail-rate", 0, "simulate failing Watches with this probability")
+	f.DurationVar(&drainTimeout, "drain-timeout", 5*time.Minute, "give up a graceful drain after this long")
+	return cmd
+}
