@@ -1,6 +1,8 @@
 package chaos
 
 import (
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,4 +57,63 @@ func TestNoDoubleOwnershipPartition(t *testing.T) {
 	if l.starts["ok"] == 0 {
 		t.Fatal("no channel moved to the healthy node: the partition tested nothing")
 	}
+}
+
+// TestNoDoubleOwnershipPause: a node process SIGSTOPped for 2x its lease
+// TTL outlives its lease; the coordinator moves its channels with newer
+// tokens. A paused process is the one case the protocol cannot stop (it
+// cannot run its own fence), so the check is the fencing token: after
+// SIGCONT every effect the stale node still sends carries an older token
+// than the new owner's, and the downstream store rejects it; the node then
+// fences itself at once, re-registers and the cluster converges.
+func TestNoDoubleOwnershipPause(t *testing.T) {
+	r := newReport(t)
+	l := newLedger(r)
+	etcd := startEtcd(t)
+	root := uniqueRoot(t)
+	tm := fastTiming(2 * etcd.minTTL)
+	obsCli, _ := etcd.client(t, false)
+	obs := etcd.backend(t, obsCli, root)
+	url := serveLedger(t, l)
+
+	coordCli, _ := etcd.client(t, false)
+	coord := startCoord(t, "coord", etcd.backend(t, coordCli, root), func() {}, tm)
+	defer coord.stop()
+	okCli, _ := etcd.client(t, false)
+	ok := startNode(t, l, "ok", etcd.backend(t, okCli, root), func() {}, tm)
+	defer ok.stop()
+	p := startProc(t, "paused", "--endpoints", strings.Join(etcd.endpoints, ","), "--root", root,
+		"--session-ttl", tm.ttl.String(), "--effects", url)
+
+	nodes := []*member{ok}
+	registerChannels(t, obs, channelNames("s", scale(8, 32))...)
+	eventually(t, 30*time.Second, "the process runs channels", func() bool { return l.openOf("paused") > 0 })
+	awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, time.Now())
+
+	for round := range scale(1, 3) {
+		held := l.openOf("paused")
+		r.fault("round %d: process SIGSTOPped for 2 TTL (%v) holding %d channels", round, 2*tm.ttl, held)
+		l.setPaused("paused", true)
+		p.signal(t, syscall.SIGSTOP)
+		pace(testCtx(t), 2*tm.ttl)
+		p.signal(t, syscall.SIGCONT)
+		resumed := time.Now()
+		r.note("SIGCONT")
+		// The resumed process must notice at once that its session is
+		// gone and stop every stale channel.
+		eventually(t, 2*tm.ttl, "the resumed process stops its stale channels", func() bool { return l.openOf("paused") == 0 })
+		r.note("stale channels stopped %v after SIGCONT", time.Since(resumed).Round(time.Millisecond))
+		l.setPaused("paused", false)
+		awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, resumed)
+		eventually(t, 30*time.Second, "the process runs channels again", func() bool { return l.openOf("paused") > 0 })
+	}
+	l.mu.Lock()
+	r.figure("paused_overlaps", l.pausedOver)
+	for node, n := range l.rejectedFrom {
+		if node != "paused" {
+			r.violate("%d effects of %s rejected: only the paused node may be stale", n, node)
+		}
+	}
+	l.mu.Unlock()
+	l.figures()
 }

@@ -39,10 +39,11 @@ type ledger struct {
 	accepted int
 	rejected int // stale effects a fencing downstream refused
 	// rejectedFrom counts rejected effects per node.
-	rejectedFrom map[string]int
-	starts       map[string]int // Watch starts per node
-	overlap      time.Duration // total overlap of ownership intervals of unpaused nodes
-	pausedOver   int           // overlaps involving a paused node (the documented exception)
+	rejectedFrom  map[string]int
+	starts        map[string]int // Watch starts per node
+	overlap       time.Duration  // total overlap of ownership intervals of unpaused nodes
+	pausedOver    int            // overlaps involving a paused node (the documented exception)
+	pausedOverlap time.Duration
 }
 
 type interval struct {
@@ -50,6 +51,7 @@ type interval struct {
 	id, token  int64
 	ch         string
 	start, end time.Time
+	paused     bool // the node was paused while it ran: only the token fences it
 }
 
 func newLedger(r *report) *ledger {
@@ -112,11 +114,15 @@ func (l *ledger) endLocked(node, ch string, now time.Time) {
 	delete(l.open[ch], node)
 	iv.end = now
 	for _, other := range l.done {
-		if other.ch != ch || other.node == node || l.paused[other.node] || l.paused[node] {
+		if other.ch != ch || other.node == node {
 			continue
 		}
 		if o := minTime(iv.end, other.end).Sub(maxTime(iv.start, other.start)); o > 0 {
-			l.overlap += o
+			if iv.paused || other.paused {
+				l.pausedOverlap += o
+			} else {
+				l.overlap += o
+			}
 		}
 	}
 	l.done = append(l.done, *iv)
@@ -172,6 +178,11 @@ func (l *ledger) setPaused(node string, p bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.paused[node] = p
+	for _, m := range l.open {
+		if iv := m[node]; iv != nil && p {
+			iv.paused = true
+		}
+	}
 }
 
 // runningOn returns channel -> nodes with an open interval.
@@ -188,10 +199,39 @@ func (l *ledger) runningOn() map[string][]string {
 	return out
 }
 
+// runningIDs returns channel -> node ID of the (last) open interval.
+func (l *ledger) runningIDs() map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int64{}
+	for ch, m := range l.open {
+		for _, iv := range m {
+			out[ch] = iv.id
+		}
+	}
+	return out
+}
+
+// openOf counts node's open intervals.
+func (l *ledger) openOf(node string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.open {
+		if m[node] != nil {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *ledger) figures() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.r.figure("overlap_ms", l.overlap.Milliseconds())
+	if l.pausedOverlap > 0 {
+		l.r.figure("paused_overlap_ms", l.pausedOverlap.Milliseconds())
+	}
 	l.r.figure("effects", l.accepted)
 	l.r.figure("stale_rejected", l.rejected)
 	l.r.figure("watch_starts", fmt.Sprint(l.starts))
@@ -394,23 +434,22 @@ func convergence(ctx context.Context, b kv.KV, nodes []*member, l *ledger) (stri
 			return fmt.Sprintf("deregistered channel %s still has %v", ch, keys), v
 		}
 	}
-	byName := map[string]int64{}
 	for _, n := range nodes {
 		id := n.node.ID()
 		if !v.live[id] {
 			return fmt.Sprintf("node %s (id %d) has no session", n.name, id), v
 		}
-		byName[n.name] = id
 		if got, want := n.node.Running(), v.byNode[id]; !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 			return fmt.Sprintf("node %s (id %d) runs %v, the store says %v", n.name, id, got, want), v
 		}
 	}
 	if l != nil {
 		run := l.runningOn()
+		ids := l.runningIDs()
 		for ch := range v.registered {
 			owners := run[ch]
-			if len(owners) != 1 || byName[owners[0]] != v.watchedOn[ch] {
-				return fmt.Sprintf("channel %s runs on %v, the store says node %d", ch, owners, v.watchedOn[ch]), v
+			if len(owners) != 1 || ids[ch] != v.watchedOn[ch] {
+				return fmt.Sprintf("channel %s runs on %v (id %d), the store says node %d", ch, owners, ids[ch], v.watchedOn[ch]), v
 			}
 		}
 		for ch, owners := range run {

@@ -1,0 +1,124 @@
+// Command chaosnode is a chanwatch node (package nodewatch on etcd) for the
+// chaos tests that need a separate process to SIGSTOP. Its handler reports
+// to the test's downstream store over HTTP: "start" when a channel's Watch
+// begins, an "effect" every --effect-interval while it runs, and "end" when
+// its Release is done, each stamped with the assignment's fencing token.
+// It is a test tool, not a product: it has no TLS, no auth and no retries.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/chanwatch/chanwatch/kv/etcdkv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/nodewatch"
+)
+
+type handler struct {
+	name     string
+	effects  string
+	interval time.Duration
+	id       func() int64
+	client   *http.Client
+
+	mu    sync.Mutex
+	stops map[string]func()
+}
+
+func (h *handler) report(kind, ch string, token int64) bool {
+	q := url.Values{"kind": {kind}, "node": {h.name}, "id": {fmt.Sprint(h.id())}, "ch": {ch}, "token": {fmt.Sprint(token)}}
+	resp, err := h.client.Post(h.effects+"?"+q.Encode(), "text/plain", nil)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (h *handler) Watch(ctx context.Context, info meta.ChannelInfo) error {
+	h.report("start", info.Name, info.AssignRevision)
+	ectx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(h.interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ectx.Done():
+				return
+			case <-tick.C:
+				h.report("effect", info.Name, info.AssignRevision)
+			}
+		}
+	}()
+	h.mu.Lock()
+	h.stops[info.Name] = func() { cancel(); <-done }
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *handler) Release(ctx context.Context, ch string) error {
+	h.mu.Lock()
+	stop := h.stops[ch]
+	delete(h.stops, ch)
+	h.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	h.report("end", ch, 0)
+	return nil
+}
+
+func main() {
+	endpoints := flag.String("endpoints", "", "comma-separated etcd client URLs")
+	root := flag.String("root", "chanwatch", "root of chanwatch's keys")
+	ttl := flag.Duration("session-ttl", 2*time.Second, "node session TTL")
+	name := flag.String("name", "proc", "node name in reports")
+	effects := flag.String("effects", "", "URL of the downstream store")
+	interval := flag.Duration("effect-interval", 10*time.Millisecond, "time between effects")
+	flag.Parse()
+	if err := run(*endpoints, *root, *ttl, *name, *effects, *interval); err != nil {
+		fmt.Fprintln(os.Stderr, "chaosnode:", err)
+		os.Exit(1)
+	}
+}
+
+func run(endpoints, root string, ttl time.Duration, name, effects string, interval time.Duration) error {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: strings.Split(endpoints, ","), DialTimeout: 2 * time.Second,
+		DialKeepAliveTime: time.Second, DialKeepAliveTimeout: time.Second, Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	b, err := etcdkv.New(cli, root)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	h := &handler{name: name, effects: effects, interval: interval, stops: map[string]func(){},
+		client: &http.Client{Timeout: time.Second}}
+	n, err := nodewatch.New(b, h, nodewatch.WithSessionTTL(ttl), nodewatch.WithProgressInterval(ttl/2), nodewatch.WithAddr(name))
+	if err != nil {
+		return err
+	}
+	h.id = n.ID
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return n.Run(ctx)
+}
