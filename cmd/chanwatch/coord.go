@@ -17,9 +17,9 @@ import (
 
 func newCoordCmd(g *globalFlags) *cobra.Command {
 	var (
-		httpAddr, id, policy            string
-		ttl, watchTimeout, releaseTimeo time.Duration
-		maxMoves                        int
+		httpAddr, id, policy                     string
+		ttl, nodeTTL, watchTimeout, releaseTimeo time.Duration
+		maxMoves                                 int
 	)
 	cmd := &cobra.Command{
 		Use:   "coord",
@@ -58,7 +58,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 			b = kvstats.Wrap(b, m)
 			opts := []channelmgr.Option{
 				channelmgr.WithLogger(lg), channelmgr.WithRegisterer(reg), channelmgr.WithPolicy(pol),
-				channelmgr.WithSessionTTL(ttl), channelmgr.WithWatchTimeout(watchTimeout),
+				channelmgr.WithSessionTTL(ttl), channelmgr.WithNodeTTL(nodeTTL), channelmgr.WithWatchTimeout(watchTimeout),
 				channelmgr.WithReleaseTimeout(releaseTimeo), channelmgr.WithMaxMovesInFlight(maxMoves),
 			}
 			if id != "" {
@@ -105,6 +105,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 	f.StringVar(&id, "id", "", "coordinator ID (default: host and pid)")
 	f.StringVar(&policy, "policy", "least-loaded", "placement policy: least-loaded or consistent-hash")
 	f.DurationVar(&ttl, "session-ttl", channelmgr.DefaultSessionTTL, "coordinator session lease TTL")
+	f.DurationVar(&nodeTTL, "node-ttl", channelmgr.DefaultNodeTTL, "longest session TTL any node uses (how long a gone node may still run after a takeover)")
 	f.DurationVar(&watchTimeout, "watch-timeout", 30*time.Second, "ToWatch without progress for this long is reassigned")
 	f.DurationVar(&releaseTimeo, "release-timeout", 30*time.Second, "ToRelease unanswered for this long evicts the node")
 	f.IntVar(&maxMoves, "max-moves", 16, "balance moves in flight at most")
