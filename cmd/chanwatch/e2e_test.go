@@ -238,4 +238,3 @@ func tail(s string, n int) string {
 	}
 	return s[len(s)-n:]
 }
-
