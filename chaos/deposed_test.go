@@ -1,0 +1,236 @@
+package chaos
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/chanwatch/chanwatch/channelmgr"
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/memkv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/session"
+)
+
+// frozenProcess stands for a process that can be SIGSTOPped in place: its
+// clock (a fake clock that follows real time while running) stops, and
+// every call it makes waits; on resume the clock jumps ahead and the calls
+// that waited go out, as requests sitting in a socket buffer are delivered
+// after SIGCONT even if their deadline passed meanwhile. It records every
+// Txn with the outcome.
+type frozenProcess struct {
+	kv.Backend
+	clk *clockwork.FakeClock
+
+	mu      sync.Mutex
+	frozen  bool
+	thaw    chan struct{}
+	last    time.Time
+	txns    []txnRecord
+	stopped chan struct{}
+}
+
+type txnRecord struct {
+	guard     int64 // the leader token the txn is guarded by (0: none)
+	succeeded bool
+	rev       int64
+	err       error
+	sentAt    time.Time
+}
+
+func newFrozenProcess(b kv.Backend) *frozenProcess {
+	f := &frozenProcess{Backend: b, clk: clockwork.NewFakeClock(), last: time.Now(), stopped: make(chan struct{})}
+	go func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-f.stopped:
+				return
+			case <-tick.C:
+				f.mu.Lock()
+				if !f.frozen {
+					now := time.Now()
+					f.clk.Advance(now.Sub(f.last))
+					f.last = now
+				}
+				f.mu.Unlock()
+			}
+		}
+	}()
+	return f
+}
+
+func (f *frozenProcess) close() { close(f.stopped) }
+
+func (f *frozenProcess) freeze() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = true
+	f.thaw = make(chan struct{})
+}
+
+func (f *frozenProcess) resume() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = false
+	now := time.Now()
+	f.clk.Advance(now.Sub(f.last))
+	f.last = now
+	close(f.thaw)
+}
+
+// gate waits while the process is frozen; a call that waited goes out
+// without its deadline (it was already "sent").
+func (f *frozenProcess) gate(ctx context.Context) context.Context {
+	f.mu.Lock()
+	frozen, thaw := f.frozen, f.thaw
+	f.mu.Unlock()
+	if !frozen {
+		return ctx
+	}
+	<-thaw
+	return context.WithoutCancel(ctx)
+}
+
+func (f *frozenProcess) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	ctx = f.gate(ctx)
+	rec := txnRecord{sentAt: time.Now()}
+	for _, c := range t.If {
+		if c.Key == meta.CoordinatorKey && c.Target == kv.TargetCreateRevision && c.Result == kv.Equal {
+			rec.guard = c.Num
+		}
+	}
+	resp, err := f.Backend.Txn(ctx, t)
+	rec.succeeded, rec.rev, rec.err = resp.Succeeded, resp.Revision, err
+	f.mu.Lock()
+	f.txns = append(f.txns, rec)
+	f.mu.Unlock()
+	return resp, err
+}
+
+func (f *frozenProcess) Get(ctx context.Context, key string) (kv.KeyValue, int64, error) {
+	return f.Backend.Get(f.gate(ctx), key)
+}
+
+func (f *frozenProcess) List(ctx context.Context, prefix string) ([]kv.KeyValue, int64, error) {
+	return f.Backend.List(f.gate(ctx), prefix)
+}
+
+func (f *frozenProcess) KeepAliveOnce(ctx context.Context, id kv.LeaseID) (time.Duration, error) {
+	return f.Backend.KeepAliveOnce(f.gate(ctx), id)
+}
+
+func (f *frozenProcess) Grant(ctx context.Context, ttl time.Duration) (kv.LeaseID, error) {
+	return f.Backend.Grant(f.gate(ctx), ttl)
+}
+
+func (f *frozenProcess) Revoke(ctx context.Context, id kv.LeaseID) error {
+	return f.Backend.Revoke(f.gate(ctx), id)
+}
+
+// Watch delivers nothing while frozen: the responses wait, in order.
+func (f *frozenProcess) Watch(ctx context.Context, prefix string, fromRev int64) kv.WatchChan {
+	in := f.Backend.Watch(ctx, prefix, fromRev)
+	out := make(chan kv.WatchResponse)
+	go func() {
+		defer close(out)
+		for resp := range in {
+			f.gate(ctx)
+			select {
+			case out <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// TestDeposedCoordinatorCannotWrite: two coordinators; the leader is frozen
+// (SIGSTOP in place: its clock and its I/O stop) past its TTL while channels
+// are registered and a node dies, so it has decisions in flight; the other
+// takes over. When the old leader resumes, every txn it sends is rejected by
+// its leader guard, and the store holds no write of it after the takeover.
+func TestDeposedCoordinatorCannotWrite(t *testing.T) {
+	r := newReport(t)
+	l := newLedger(r)
+	tm := fastTiming(500 * time.Millisecond)
+	store := memkv.New()
+	t.Cleanup(func() { _ = store.Close() })
+
+	var nodes []*member
+	for i := range 3 {
+		h := store.NewClient()
+		nodes = append(nodes, startNode(t, l, "n"+string(rune('0'+i)), h, func() { _ = h.Close() }, tm))
+	}
+	registerChannels(t, store, channelNames("d", 12)...)
+
+	var rejected, total int
+	for round := range scale(2, 10) {
+		ha := store.NewClient()
+		fa := newFrozenProcess(ha)
+		a := startCoord(t, "a", fa, func() { _ = ha.Close() }, tm, channelmgr.WithClock(fa.clk))
+		eventually(t, 10*time.Second, "a leads", a.coord.IsLeader)
+		awaitConvergence(t, r, store, nodes, l, tm.ttl, 20*time.Second, time.Now())
+		hb := store.NewClient()
+		b := startCoord(t, "b", hb, func() { _ = hb.Close() }, tm)
+
+		_, aToken, err := session.Leader(testCtx(t), store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.fault("round %d: leader a (token %d) frozen for 3 TTL", round, aToken)
+		fa.freeze()
+		// Work for the frozen leader: new channels, and a node crash.
+		registerChannels(t, store, channelNames("d"+string(rune('a'+round))+"-", 4)...)
+		victim := nodes[0]
+		l.crash(victim.name)
+		victim.kill()
+		h := store.NewClient()
+		nodes = append(nodes[1:], startNode(t, l, victim.name+"'", h, func() { _ = h.Close() }, tm))
+		eventually(t, 10*time.Second, "b takes over", b.coord.IsLeader)
+		pace(testCtx(t), 3*tm.ttl)
+		_, bToken, err := session.Leader(testCtx(t), store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fa.resume()
+		resumed := time.Now()
+		r.note("a resumed; b leads with token %d", bToken)
+		eventually(t, 10*time.Second, "a knows it lost", func() bool { return !a.coord.IsLeader() })
+		awaitConvergence(t, r, store, nodes, l, tm.ttl, 20*time.Second, resumed)
+		a.kill()
+		fa.close()
+		fa.mu.Lock()
+		for _, tx := range fa.txns {
+			if tx.guard != aToken {
+				continue
+			}
+			if tx.succeeded && tx.rev >= bToken {
+				r.violate("deposed coordinator a (token %d) wrote at revision %d after b took over at %d", aToken, tx.rev, bToken)
+			}
+			// Txns held by the freeze go out at the resume.
+			if !tx.sentAt.Before(resumed) {
+				total++
+				if !tx.succeeded {
+					rejected++
+				}
+			}
+		}
+		fa.mu.Unlock()
+		b.stop()
+	}
+	for _, n := range nodes {
+		n.stop()
+	}
+	r.figure("deposed_txns", total)
+	r.figure("deposed_rejected", rejected)
+	if total == 0 {
+		t.Fatal("the deposed coordinator sent no txn after it resumed: the test exercised nothing")
+	}
+	l.figures()
+}
