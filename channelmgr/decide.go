@@ -115,7 +115,7 @@ func (rt *chanRT) pending(rev int64, now time.Time) bool {
 	if rt.uncertain {
 		return true
 	}
-	return rt.pendingRev > rev && now.Before(rt.pendingUntil)
+	return rt.pendingRev > rev && (rt.pendingUntil.IsZero() || now.Before(rt.pendingUntil))
 }
 
 // timedOut arms a timeout for key k at its current mod revision (any write,
@@ -160,8 +160,13 @@ func (r *reconciler) rank(k *keyEntry) int {
 }
 
 func (r *reconciler) pickPrimary(keys map[string]*keyEntry) (*keyEntry, []*keyEntry) {
-	if len(keys) == 0 {
+	switch len(keys) {
+	case 0:
 		return nil, nil
+	case 1:
+		for _, k := range keys {
+			return k, nil
+		}
 	}
 	all := slices.Collect(maps.Values(keys))
 	slices.SortFunc(all, func(a, b *keyEntry) int {

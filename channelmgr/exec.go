@@ -166,10 +166,11 @@ func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 	m.txns.WithLabelValues("ok").Inc()
 	for _, u := range b.units {
 		rt := r.ch(u.ch)
-		// Our write is in our root, so the watch delivers resp.Revision;
-		// the time bound is only a safety valve.
+		// Our write is in our root, so the watch (or a re-list) delivers
+		// resp.Revision: wait for it, however long. Deciding earlier, on
+		// a view without our own write, would only fail compares.
 		rt.uncertain, rt.solo = false, false
-		rt.pendingRev, rt.pendingUntil = resp.Revision, now.Add(30*r.cfg.checkInterval)
+		rt.pendingRev, rt.pendingUntil = resp.Revision, time.Time{}
 		for _, f := range u.done {
 			f(resp.Revision)
 		}

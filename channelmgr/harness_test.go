@@ -77,7 +77,12 @@ func (h *harness) fail(format string, args ...any) {
 // eventually polls cond until it holds or the real-time deadline passes.
 func (h *harness) eventually(what string, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
+	h.eventuallyFor(waitFor, what, cond)
+}
+
+func (h *harness) eventuallyFor(d time.Duration, what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(d)
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
@@ -252,6 +257,9 @@ func (h *harness) counts() map[int64]int {
 }
 
 func (h *harness) dump() string {
+	if h.kv == nil {
+		return "(not memkv)"
+	}
 	kvs, rev, err := h.kv.List(context.Background(), "")
 	if err != nil {
 		return err.Error()

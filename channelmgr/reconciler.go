@@ -35,7 +35,7 @@ type reconciler struct {
 // needed for safety; all of it is rebuilt conservatively by a new leader.
 type chanRT struct {
 	// Do not decide on the channel until the view reaches pendingRev (our
-	// write is visible) or the clock reaches pendingUntil.
+	// write is visible) or the clock reaches pendingUntil (zero: no bound).
 	pendingRev   int64
 	pendingUntil time.Time
 	uncertain    bool // in a batch awaiting an identical resend
