@@ -11,8 +11,10 @@ import (
 // holds a history to: every key is an independent register with put, get
 // and compare-and-swap on the value. A missing key is the empty string; the
 // histories never write the empty string, so the two cannot be confused.
-// Every call in a checked history succeeded (the scenario fails on any
-// error), so the model has no unknown outcomes.
+// A write whose outcome is unknown (ErrUnknownOutcome, ErrUnavailable) is in
+// the history with Unknown set and a return time after every other call, as
+// in porcupine's etcd model: the checker may place it anywhere after its
+// call, including after everything, where it changes nothing observed.
 
 type regOpKind int
 
@@ -39,6 +41,8 @@ type regOutput struct {
 	Value string
 	// Swapped reports whether a cas's compare held.
 	Swapped bool
+	// Unknown marks a put or cas whose outcome is unknown.
+	Unknown bool
 }
 
 var registerModel = porcupine.Model{
@@ -69,6 +73,12 @@ var registerModel = porcupine.Model{
 			return out.Value == st, st
 		case regCAS:
 			holds := st == in.Expect
+			if out.Unknown {
+				if holds {
+					return true, in.Value
+				}
+				return true, st
+			}
 			if out.Swapped != holds {
 				return false, st
 			}
@@ -88,6 +98,9 @@ var registerModel = porcupine.Model{
 		case regGet:
 			return fmt.Sprintf("get(%s) -> %q", in.Key, out.Value)
 		case regCAS:
+			if out.Unknown {
+				return fmt.Sprintf("cas(%s, %q -> %q) -> unknown", in.Key, in.Expect, in.Value)
+			}
 			return fmt.Sprintf("cas(%s, %q -> %q) -> %v", in.Key, in.Expect, in.Value, out.Swapped)
 		}
 		return "?"
