@@ -198,8 +198,8 @@ func TestDeposedCoordinatorCannotWrite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fa.resume()
 		resumed := time.Now()
+		fa.resume()
 		r.note("a resumed; b leads with token %d", bToken)
 		eventually(t, 10*time.Second, "a knows it lost", func() bool { return !a.coord.IsLeader() })
 		awaitConvergence(t, r, store, nodes, l, tm.ttl, 20*time.Second, resumed)

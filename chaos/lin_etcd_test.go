@@ -16,6 +16,7 @@ import (
 // blackholed (its requests may land after it gave up) or reset, and in the
 // long version a member SIGKILLed and restarted.
 func TestLinearizabilityEtcd(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	etcd := startEtcd(t)
 	root := uniqueRoot(t)
@@ -28,7 +29,7 @@ func TestLinearizabilityEtcd(t *testing.T) {
 		clients[i] = func() kv.KV { return b }
 		proxies[i] = ps
 	}
-	w := linWorkload{clients: n, opsPerClient: scale(250, 2500), keys: 4, opTimeout: scale(300*time.Millisecond, time.Second)}
+	w := linWorkload{clients: n, opsPerClient: scale(150, 2500), keys: 4, opTimeout: scale(300*time.Millisecond, time.Second)}
 	linTest(t, r, w, clients, func(ctx context.Context, rng *rand.Rand) {
 		for pace(ctx, jitter(rng, 50*time.Millisecond, 300*time.Millisecond)) {
 			switch k := rng.IntN(4); {

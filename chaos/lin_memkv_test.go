@@ -18,6 +18,7 @@ import (
 // handles: every completed operation, and every failed write that may have
 // applied, fits one sequential history.
 func TestLinearizabilityMemkv(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	store := memkv.New()
 	t.Cleanup(func() { _ = store.Close() })
@@ -79,6 +80,7 @@ func (s *staleKV) Get(ctx context.Context, key string) (kv.KeyValue, int64, erro
 // that serves stale reads must be flagged, or the check above proves
 // nothing.
 func TestLinearizabilityNegativeControl(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	store := memkv.New()
 	t.Cleanup(func() { _ = store.Close() })

@@ -14,13 +14,14 @@ import (
 // node's inbound traffic blackholed (a one-way partition: the others cannot
 // reach it, nor it the leader's answers to what it forwards) or reset.
 func TestLinearizabilityRaftkv(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	c := startRaft(t, 3)
 	clients := make([]func() kv.KV, 3)
 	for i := range clients {
 		clients[i] = func() kv.KV { return c.node(i) }
 	}
-	w := linWorkload{clients: 8, opsPerClient: scale(150, 1500), keys: 4, opTimeout: scale(time.Second, 2*time.Second)}
+	w := linWorkload{clients: 8, opsPerClient: scale(80, 1500), keys: 4, opTimeout: scale(time.Second, 2*time.Second)}
 	linTest(t, r, w, clients, func(ctx context.Context, rng *rand.Rand) {
 		for pace(ctx, jitter(rng, 100*time.Millisecond, 400*time.Millisecond)) {
 			switch k := rng.IntN(3); k {

@@ -239,3 +239,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+// parallelShort runs the store tests of the short version in parallel with
+// each other (they check safety, not timing); the long version runs
+// everything one at a time, so that faults are not blurred by load.
+func parallelShort(t *testing.T) {
+	if !long {
+		t.Parallel()
+	}
+}

@@ -16,6 +16,7 @@ import (
 // (DropWatches), failed calls (FailNext) on a watcher's handle, and
 // compaction behind the watchers.
 func TestWatchMemkv(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	store := memkv.New()
 	t.Cleanup(func() { _ = store.Close() })
@@ -25,7 +26,7 @@ func TestWatchMemkv(t *testing.T) {
 		handles[i] = store.NewClient()
 	}
 	watchTest(t, r, watchSetup{
-		writers: 4, watchers: nw, keys: 16, duration: scale(2*time.Second, 30*time.Second),
+		writers: 4, watchers: nw, keys: 16, duration: scale(time.Second, 30*time.Second),
 		writer:  func(int) kv.KV { return store },
 		watch:   func(i int) watchKV { return handles[i] },
 		compact: store.Compact,
@@ -49,6 +50,7 @@ func TestWatchMemkv(t *testing.T) {
 // reconnects, and clientv3 resumes the watch) or reset, compaction behind
 // the watchers, and in the long version a member SIGKILLed and restarted.
 func TestWatchEtcd(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	etcd := startEtcd(t)
 	root := uniqueRoot(t)
@@ -62,7 +64,7 @@ func TestWatchEtcd(t *testing.T) {
 		watchers[i], proxies[i] = etcd.backend(t, cli, root), ps
 	}
 	watchTest(t, r, watchSetup{
-		writers: 4, watchers: nw, keys: 16, duration: scale(4*time.Second, 60*time.Second),
+		writers: 4, watchers: nw, keys: 16, duration: scale(2*time.Second, 60*time.Second),
 		writer:  func(int) kv.KV { return writer },
 		watch:   func(i int) watchKV { return watchers[i] },
 		compact: writer.Compact,
@@ -105,10 +107,11 @@ func TestWatchEtcd(t *testing.T) {
 // the leader killed and restarted (its watchers end with ErrClosed and resume
 // on the restarted node), a node's inbound blackholed, and compaction.
 func TestWatchRaftkv(t *testing.T) {
+	parallelShort(t)
 	r := newReport(t)
 	c := startRaft(t, 3)
 	watchTest(t, r, watchSetup{
-		writers: 4, watchers: 3, keys: 16, duration: scale(3*time.Second, 60*time.Second),
+		writers: 4, watchers: 3, keys: 16, duration: scale(2*time.Second, 60*time.Second),
 		writer: func(i int) kv.KV { return c.node(i % 3) },
 		watch:  func(i int) watchKV { return c.node(i % 3) },
 		compact: func(ctx context.Context, rev int64) error {
@@ -182,6 +185,7 @@ func (l lossyWatch) Watch(ctx context.Context, prefix string, fromRev int64) kv.
 // TestWatchNegativeControl: a backend that drops and repeats events must be
 // flagged, or the watch checks prove nothing.
 func TestWatchNegativeControl(t *testing.T) {
+	parallelShort(t)
 	r := &report{t: t, start: time.Now(), files: map[string][]byte{}} // not failing the test
 	store := memkv.New()
 	t.Cleanup(func() { _ = store.Close() })
