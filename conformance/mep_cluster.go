@@ -65,6 +65,13 @@ func realTiming() mepTiming {
 	}
 }
 
+// The fake clock moves one step once the store has been quiet for
+// mepQuietPolls polls mepPoll apart.
+const (
+	mepPoll       = 2 * time.Millisecond
+	mepQuietPolls = 3
+)
+
 // mep is one scenario's cluster: the suite's own handle, the Checker and
 // Recorder, and the simulated processes.
 type mep struct {
@@ -91,7 +98,9 @@ type mep struct {
 }
 
 func newMEP(t *testing.T, env Env) *mep {
-	m := &mep{t: t, env: env, ctx: scenarioContext(t), logs: newLogRing(400)}
+	// No overall deadline beyond the test's: every wait is bounded by
+	// tm.wait, and RandomizedChurn may run for thousands of rounds.
+	m := &mep{t: t, env: env, ctx: t.Context(), logs: newLogRing(400)}
 	m.clock = env.Clock
 	if m.clock == nil {
 		m.clock = clockwork.NewRealClock()
@@ -182,15 +191,15 @@ func (m *mep) summary() string {
 	return b.String()
 }
 
-// waitFor waits until cond returns "" (its other results say what is still
+// waitFor waits until cond returns "" (otherwise it says what is still
 // missing), failing the scenario on a violation or after tm.wait. On a fake
 // clock it advances the clock by one step whenever the store has been quiet
-// for two polls: components only act on events and on timers, so a quiet
+// for a few polls: components only act on events and on timers, so a quiet
 // store means they are waiting for time to pass.
 func (m *mep) waitFor(what string, cond func() string) {
 	m.t.Helper()
 	deadline := time.Now().Add(m.tm.wait)
-	tick := time.NewTicker(pollInterval)
+	tick := time.NewTicker(mepPoll)
 	defer tick.Stop()
 	lastRev, quiet := int64(-1), 0
 	for {
@@ -209,7 +218,7 @@ func (m *mep) waitFor(what string, cond func() string) {
 			} else {
 				lastRev, quiet = rev, 0
 			}
-			if quiet >= 2 {
+			if quiet >= mepQuietPolls {
 				m.fake.Advance(m.tm.step)
 				quiet = 0
 			}
@@ -294,6 +303,8 @@ func (r *logRing) String() string {
 	out = append(out, r.lines[:r.next]...)
 	return strings.Join(out, "\n")
 }
+
+var _ nodewatch.Handler = (*RecordingHandler)(nil)
 
 // mepNode is one simulated node process.
 type mepNode struct {

@@ -230,6 +230,7 @@ func mepNodeRestartNewID(t *testing.T, m *mep) {
 	m.sync()
 	old := a.ID()
 	since := m.chk.Rev()
+	m.chk.ExpectFence(old)
 	a.kv.Partition()
 	m.waitFor("the old ID's session to end", func() string {
 		if m.chk.SessionEnd(old) == 0 {
