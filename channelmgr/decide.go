@@ -222,6 +222,18 @@ func (r *reconciler) decide(now time.Time) *plan {
 			delete(r.chans, ch)
 		}
 	}
+	// Forget gone nodes once nothing of theirs is left to wait for.
+	referenced := map[int64]bool{}
+	for _, keys := range r.v.keys {
+		for _, k := range keys {
+			referenced[k.node] = true
+		}
+	}
+	for id, nrt := range r.nodes {
+		if r.v.nodes[id] == nil && !referenced[id] && nrt.revokeLease == kv.NoLease && !now.Before(nrt.fenceUntil) {
+			delete(r.nodes, id)
+		}
+	}
 	for key := range r.timers {
 		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.keys[ch][key] == nil {
 			delete(r.timers, key)

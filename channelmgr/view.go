@@ -66,6 +66,9 @@ func (r *reconciler) apply(ev kv.Event) {
 	key := kvp.Key
 	put := ev.Type == kv.EventPut
 	v := &r.v
+	if !put {
+		delete(r.badSeen, key)
+	}
 	switch {
 	case strings.HasPrefix(key, meta.RegistryPrefix):
 		ch, err := meta.ParseRegistryKey(key)
