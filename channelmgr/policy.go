@@ -38,7 +38,8 @@ type Move struct {
 // with an empty node list. It treats the answers as advice and checks them:
 // a placement on a node it did not offer falls back to LeastLoaded, and a
 // move of a channel that is not Movable on From, or to a node not offered,
-// is dropped. A Policy must be deterministic and must not block.
+// is dropped; a panic is recovered, logged and treated as such an answer.
+// A Policy must be deterministic and must not block.
 type Policy interface {
 	// Place returns one node ID (from nodes) for each of chs, in order. It
 	// should keep node loads even (chs included) and spread each
