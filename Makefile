@@ -30,5 +30,12 @@ etcd: bin/etcd
 bin/etcd: go.mod go.sum
 	$(GO) build -o bin/etcd go.etcd.io/etcd/server/v3
 
+# The fault tests' long versions (chaos build tag): three-member clusters of
+# real etcd processes, minutes of seeded faults per test, one FIGURE line per
+# test. CHANWATCH_SEED repeats a run; CHANWATCH_REPORT_DIR keeps the history
+# of a failed one. The short versions run in `make test`.
+chaos: bin/etcd
+	$(GO) test -tags chaos -race -count=1 -timeout 20m -v ./chaos/...
+
 clean:
 	rm -rf bin

@@ -29,7 +29,7 @@ func TestLinearizabilityEtcd(t *testing.T) {
 		clients[i] = func() kv.KV { return b }
 		proxies[i] = ps
 	}
-	w := linWorkload{clients: n, opsPerClient: scale(150, 2500), keys: 4, opTimeout: scale(300*time.Millisecond, time.Second)}
+	w := linWorkload{clients: n, opsPerClient: scale(150, 1000), keys: 4, opTimeout: scale(300*time.Millisecond, time.Second)}
 	linTest(t, r, w, clients, func(ctx context.Context, rng *rand.Rand) {
 		for pace(ctx, jitter(rng, 50*time.Millisecond, 300*time.Millisecond)) {
 			switch k := rng.IntN(4); {

@@ -186,7 +186,7 @@ func TestNoChannelLostMemkv(t *testing.T) {
 }
 
 func TestNoChannelLostEtcd(t *testing.T) {
-	noLossTest(t, etcdWorld(t), scale(6, 60))
+	noLossTest(t, etcdWorld(t), scale(4, 60))
 }
 
 var _ = rand.IntN
