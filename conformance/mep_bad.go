@@ -233,7 +233,7 @@ func mepHandlerNeverReturns(t *testing.T, m *mep) {
 		}
 		return ""
 	})
-	m.elapse(2 * m.tm.watchTimeout)
+	m.elapse(m.tm.watchTimeout + 2*m.tm.progress)
 	if kc, ok := m.firstChange("hang", 0, anyPut(meta.ToRelease)); ok {
 		m.fatalf("a hung Watch that reports progress was timed out: %v", kc)
 	}

@@ -274,11 +274,10 @@ func (r *Recorder) Crash(node string) {
 	r.dead[node] = true
 	now := r.clock.Now()
 	r.seq++
-	for ch, m := range r.open {
+	for _, m := range r.open {
 		if iv := m[node]; iv != nil {
 			iv.End, iv.EndSeq, iv.Crashed = now, r.seq, true
 			delete(m, node)
-			_ = ch
 		}
 	}
 	r.events = append(r.events, HandlerEvent{Seq: r.seq, Time: now, Node: node, Kind: ReleaseEnd, Channel: "*crash*"})

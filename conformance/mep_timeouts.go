@@ -140,7 +140,7 @@ func (m *mep) backoff(n int) time.Duration {
 }
 
 func mepSlowWatchWithProgress(t *testing.T, m *mep) {
-	slow := m.tm.watchTimeout * 5 / 2
+	slow := m.tm.watchTimeout * 3 / 2 // well past the timeout, with heartbeats
 	m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("slow", slow) }))
 	m.leaderCoord()
 	m.register(1, "slow", "quick-1", "quick-2")
