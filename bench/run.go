@@ -1,0 +1,101 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"regexp"
+	"time"
+)
+
+// Scenario is one benchmark scenario at a given scale.
+type Scenario struct {
+	// ID is "B1".."B7"; Name is the Result's name.
+	ID, Name string
+	// Sizes describes the sizes at the scale it was made for.
+	Sizes string
+	// Run runs it on e.
+	Run func(ctx context.Context, e *Env) (Result, error)
+}
+
+// scaled returns full*scale rounded, at least lo.
+func scaled(full int, scale float64, lo int) int {
+	return max(lo, int(math.Round(float64(full)*scale)))
+}
+
+// nodesAt keeps node counts at their full size down to the quick scale
+// (0.1) and shrinks them below it, so that the smoke test stays small.
+func nodesAt(full int, scale float64, lo int) int {
+	return min(full, scaled(full, scale*10, lo))
+}
+
+// Scenarios returns the seven scenarios at a scale: 1 is the full run
+// (B1 10,000 channels on 100 nodes; B2 10,000 on 10; B3 and B5 100,000 on
+// 1,000; B4 32,000 txns from 64 clients; B6 10k/100k/1M on 1,000 nodes;
+// B7 1,000 on 10), 0.1 the quick one (a tenth of every size).
+func Scenarios(scale float64) []Scenario {
+	b1c, b1n := scaled(10000, scale, 20), nodesAt(100, scale, 4)
+	b2c, b2n := scaled(10000, scale, 20), nodesAt(10, scale, 3)
+	b3c, b3n := scaled(100000, scale, 50), nodesAt(1000, scale, 5)
+	b4t, b4c := scaled(32000, scale, 64), 64
+	b6s, b6n := []int{scaled(10000, scale, 100), scaled(100000, scale, 1000), scaled(1000000, scale, 10000)}, nodesAt(1000, scale, 10)
+	b7c, b7n := scaled(1000, scale, 20), nodesAt(10, scale, 4)
+	return []Scenario{
+		{"B1", "B1 assign", fmt.Sprintf("%d channels, %d nodes", b1c, b1n),
+			func(ctx context.Context, e *Env) (Result, error) { return Assign(ctx, e, b1c, b1n) }},
+		{"B2", "B2 failover", fmt.Sprintf("%d channels, %d nodes", b2c, b2n),
+			func(ctx context.Context, e *Env) (Result, error) { return Failover(ctx, e, b2c, b2n) }},
+		{"B3", "B3 recovery", fmt.Sprintf("%d channels, %d nodes", b3c, b3n),
+			func(ctx context.Context, e *Env) (Result, error) { return Recovery(ctx, e, b3c, b3n) }},
+		{"B4", "B4 backends", fmt.Sprintf("%d txns, %d clients", b4t, b4c),
+			func(ctx context.Context, e *Env) (Result, error) { return Backends(ctx, e, b4t, b4c) }},
+		{"B5", "B5 memory", fmt.Sprintf("%d channels, %d nodes, %d B payload", b3c, b3n, memoryPayload),
+			func(ctx context.Context, e *Env) (Result, error) { return Memory(ctx, e, b3c, b3n) }},
+		{"B6", "B6 growth", fmt.Sprintf("%v channels, %d nodes", b6s, b6n),
+			func(ctx context.Context, e *Env) (Result, error) { return Growth(ctx, e, b6s, b6n) }},
+		{"B7", "B7 writes", fmt.Sprintf("%d channels, %d nodes", b7c, b7n),
+			func(ctx context.Context, e *Env) (Result, error) { return Writes(ctx, e, b7c, b7n) }},
+	}
+}
+
+// Run starts an Env with opts, runs the scenarios whose ID or Name match
+// the regular expression only (all when empty) in order, and returns their
+// results. It stops at the first scenario that fails, returning the
+// results so far with the error.
+func Run(ctx context.Context, opts Options, only string) ([]Result, error) {
+	re, err := regexp.Compile(only)
+	if err != nil {
+		return nil, fmt.Errorf("bench: scenario filter: %w", err)
+	}
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	var chosen []Scenario
+	for _, s := range Scenarios(opts.Scale) {
+		if only == "" || re.MatchString(s.ID) || re.MatchString(s.Name) {
+			chosen = append(chosen, s)
+		}
+	}
+	if len(chosen) == 0 {
+		return nil, fmt.Errorf("bench: no scenario matches %q", only)
+	}
+	e, err := NewEnv(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	var out []Result
+	for _, s := range chosen {
+		fmt.Fprintf(opts.Progress, "%s (%s)\n", s.Name, s.Sizes)
+		sctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+		start := time.Now()
+		r, err := s.Run(sctx, e)
+		cancel()
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", s.Name, err)
+		}
+		fmt.Fprintf(opts.Progress, "  done in %v: ratio %.3f\n", time.Since(start).Round(time.Millisecond), r.Ratio)
+		out = append(out, r)
+	}
+	return out, nil
+}
