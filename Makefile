@@ -37,5 +37,10 @@ bin/etcd: go.mod go.sum
 chaos: bin/etcd
 	$(GO) test -tags chaos -race -count=1 -timeout 20m -v ./chaos/...
 
+# The benchmarks of docs/BENCHMARKS.md; flags via BENCHFLAGS, e.g.
+# make bench BENCHFLAGS='--quick --json /tmp/b.json'.
+bench: bin/etcd
+	$(GO) run ./cmd/chanwatch bench $(BENCHFLAGS)
+
 clean:
 	rm -rf bin
