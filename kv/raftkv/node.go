@@ -48,6 +48,9 @@ type Node struct {
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
+	// started is closed once raft runs: the listener serves forwarded
+	// requests only from then on (raft's own traffic needs no wait).
+	started chan struct{}
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
@@ -71,7 +74,7 @@ func Open(cfg Config, opts ...Option) (*Node, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{id: cfg.ID, o: o, log: o.log.With(zap.String("node", cfg.ID)), changed: make(chan struct{})}
+	n := &Node{id: cfg.ID, o: o, log: o.log.With(zap.String("node", cfg.ID)), changed: make(chan struct{}), started: make(chan struct{})}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if err := n.open(cfg); err != nil {
 		n.cancel()
@@ -159,6 +162,7 @@ func (n *Node) open(cfg Config) error {
 	r.RegisterObserver(n.obs)
 	n.wg.Add(1)
 	go n.watchLeadership()
+	close(n.started)
 	n.log.Info("raftkv node started", zap.String("addr", n.addr), zap.String("dir", cfg.Dir))
 	return nil
 }

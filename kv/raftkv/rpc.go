@@ -190,6 +190,12 @@ func (p *rpcPool) call(ctx context.Context, addr string, req *rpcRequest) (*rpcR
 
 // serveConn answers forwarded requests on one connection until it closes.
 func (n *Node) serveConn(c net.Conn) {
+	// A peer may forward to this node while Open is still starting raft.
+	select {
+	case <-n.started:
+	case <-n.ctx.Done():
+		return
+	}
 	w := bufio.NewWriter(c)
 	enc, dec := gob.NewEncoder(w), gob.NewDecoder(bufio.NewReader(c))
 	for {
