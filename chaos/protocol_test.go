@@ -67,20 +67,28 @@ func (l *ledger) start(node string, id int64, ch string, token int64) bool {
 	if l.dead[node] {
 		return false
 	}
+	if token < l.maxTok[ch] {
+		if l.paused[node] {
+			// A paused process resumes inside a Watch it began before the
+			// pause: a stale start, which a fencing downstream refuses.
+			l.rejected++
+			l.rejectedFrom[node]++
+			l.r.note("channel %s: stale start on paused %s with token %d < %d: rejected", ch, node, token, l.maxTok[ch])
+			return true
+		}
+		l.r.violate("channel %s: token went backwards on %s: %d after %d", ch, node, token, l.maxTok[ch])
+	}
 	for other, iv := range l.open[ch] {
 		if other == node {
 			continue
 		}
 		if l.paused[other] || l.paused[node] {
 			l.pausedOver++
-			l.r.note("channel %s started on %s (token %d) while paused %s still holds token %d: only the token fences it", ch, node, token, other, iv.token)
+			l.r.note("channel %s started on %s (token %d) while %s still holds token %d: only the token fences it (a paused process)", ch, node, token, other, iv.token)
 			continue
 		}
 		l.r.violate("channel %s started on %s (id %d, token %d) while %s (id %d, token %d) still runs it since %v",
 			ch, node, id, token, other, iv.id, iv.token, now.Sub(iv.start).Round(time.Millisecond))
-	}
-	if token < l.maxTok[ch] {
-		l.r.violate("channel %s: token went backwards on %s: %d after %d", ch, node, token, l.maxTok[ch])
 	}
 	if h := l.holder[ch][token]; h != "" && h != node {
 		l.r.violate("channel %s: token %d held by %s and %s", ch, token, h, node)
@@ -94,7 +102,7 @@ func (l *ledger) start(node string, id int64, ch string, token int64) bool {
 		l.open[ch] = map[string]*interval{}
 	}
 	l.starts[node]++
-	l.open[ch][node] = &interval{node: node, id: id, token: token, ch: ch, start: now}
+	l.open[ch][node] = &interval{node: node, id: id, token: token, ch: ch, start: now, paused: l.paused[node]}
 	return true
 }
 
