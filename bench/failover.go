@@ -57,7 +57,6 @@ func Failover(ctx context.Context, e *Env, channels, nodes int) (Result, error) 
 	if err := f.admin.Revoke(ctx, lease); err != nil {
 		return r, fmt.Errorf("bench: B2: revoke: %w", err)
 	}
-	println("DEV revoke took", time.Since(start).String())
 	if err := f.tr.wait(ctx, func(t *tracker) bool { return t.watchedExcept(id) == channels }); err != nil {
 		return r, fmt.Errorf("bench: B2: waiting for failover: %w", err)
 	}
