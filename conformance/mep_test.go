@@ -13,9 +13,11 @@ func init() {
 }
 
 // TestMEP runs the MEP scenario suite on every backend, with the KV
-// suite's factories: memkv on a fake clock, and a fresh root on the shared
-// in-process etcd server (real time, fast raft timers for 1-2 s TTLs).
+// suite's factories: memkv on a fake clock, a fresh root on the shared
+// in-process etcd server (real time, fast raft timers for 1-2 s TTLs), and
+// a fresh root on a 3-node raftkv cluster (lease deadlines on a fake clock).
 func TestMEP(t *testing.T) {
 	t.Run("mem", func(t *testing.T) { conformance.RunMEP(t, memFactory) })
 	t.Run("etcd", func(t *testing.T) { conformance.RunMEP(t, etcdFactory(sharedEtcd(t))) })
+	t.Run("raft", func(t *testing.T) { conformance.RunMEP(t, raftFactory(t)) })
 }

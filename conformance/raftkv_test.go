@@ -15,13 +15,15 @@ import (
 	"github.com/chanwatch/chanwatch/kv/raftkv"
 )
 
-// runRaft runs the KV suite on one 3-node raftkv cluster on loopback,
-// started for the run (a second a cluster: one per scenario would cost a
-// minute), with lease deadlines on a fake clock and fsync off. Each Env
-// gets its own root, as on etcd, and binds its handles to the leader or,
-// for every other Env, to a follower, so forwarding is held to the same
-// contract.
-func runRaft(t *testing.T) {
+// runRaft runs the KV suite on raftkv.
+func runRaft(t *testing.T) { conformance.RunKV(t, raftFactory(t)) }
+
+// raftFactory starts one 3-node raftkv cluster on loopback for the run (a
+// second a cluster: one per scenario would cost a minute), with lease
+// deadlines on a fake clock and fsync off. Each Env gets its own root, as
+// on etcd, and binds its handles to the leader or, for every other Env, to
+// a follower, so forwarding is held to the same contract.
+func raftFactory(t *testing.T) conformance.Factory {
 	clock := clockwork.NewFakeClock()
 	c, err := raftkv.StartCluster(t.TempDir(), 3, raftkv.WithClock(clock), raftkv.WithUnsafeNoFsync(true))
 	if err != nil {
@@ -35,7 +37,7 @@ func runRaft(t *testing.T) {
 	var mu sync.Mutex
 	envs := map[string]int{} // Envs per test, for distinct roots
 	all := 0
-	conformance.RunKV(t, func(t testing.TB) conformance.Env {
+	return func(t testing.TB) conformance.Env {
 		t.Helper()
 		mu.Lock()
 		envs[t.Name()]++
@@ -65,5 +67,5 @@ func runRaft(t *testing.T) {
 			},
 			Clock: clock,
 		}
-	})
+	}
 }
