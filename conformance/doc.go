@@ -64,9 +64,9 @@
 //		})
 //	}
 //
-// The suite must not depend on any backend: it imports only package kv and
-// test libraries, and it must not reach into a backend for its checks
-// (everything goes through kv.Backend, as a chanwatch component would). Its
-// shared helpers (eventually, passTime, watchStream) are unexported, for the
-// package's own suites (a later RunMEP) only.
+// The suites must not depend on any backend: RunKV imports only package kv
+// and test libraries, RunMEP adds the protocol packages it exercises (meta,
+// session, channelmgr, nodewatch), and neither reaches into a backend for its
+// checks (everything goes through kv.Backend, as a chanwatch component would).
+// The shared helpers (eventually, passTime, watchStream) are unexported.
 package conformance

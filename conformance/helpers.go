@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // Timing knobs shared by every scenario. They bound waits; a healthy backend

@@ -14,8 +14,8 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // RunKVConcurrency checks behaviour under concurrent clients (atomic CAS,

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // leaseTTL is the TTL the lease scenarios grant when they want a lease to

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // RunKVLimits checks MaxTxnOps: the largest txn succeeds, one op more fails

@@ -3,8 +3,8 @@ package conformance
 import (
 	"testing"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // RunKVPrefix checks that prefixes match raw strings within a root, that a

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // RunKVTxn checks If/Then/Else transactions: compares, branches, per-op

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/chanwatch/chanwatch/conformance/internal/require"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/stretchr/testify/require"
 )
 
 // RunKVWatch checks watch delivery: order, completeness, txn grouping,
