@@ -46,11 +46,11 @@ type Node struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on leader or readiness changes
 
-	ctx       context.Context // cancelled by Close
-	cancel    context.CancelFunc
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
 	// started is closed once raft runs: the listener serves forwarded
 	// requests only from then on (raft's own traffic needs no wait).
-	started chan struct{}
+	started   chan struct{}
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
