@@ -3,10 +3,13 @@ package etcdkv
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/chanwatch/chanwatch/kv"
 )
@@ -96,7 +99,7 @@ func (k *KV) forward(ctx context.Context, wch clientv3.WatchChan, out chan<- kv.
 			return fmt.Errorf("etcdkv: watch from %d: %w", fromRev, &kv.CompactedError{CompactRevision: wr.CompactRevision})
 		}
 		if err := wr.Err(); err != nil {
-			return k.convertError(ctx, err, false)
+			return k.convertError(ctx, cancelReasonError(err), false)
 		}
 		var evs []kv.Event
 		for _, ev := range wr.Events {
@@ -136,4 +139,24 @@ func final(err error) kv.WatchChan {
 	}
 	close(ch)
 	return ch
+}
+
+// cancelReasonError recovers the gRPC status of a watch the server
+// cancelled: clientv3 passes the reason on as text inside another status
+// ("... desc = rpc error: code = PermissionDenied desc = ..."), which
+// convertError could not map. Other errors come back unchanged.
+func cancelReasonError(err error) error {
+	const marker = "rpc error: code = "
+	text := err.Error()
+	i := strings.LastIndex(text, marker)
+	if i < 0 {
+		return err
+	}
+	name, desc, _ := strings.Cut(text[i+len(marker):], " desc = ")
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if c.String() == name {
+			return status.Error(c, desc)
+		}
+	}
+	return err
 }
