@@ -80,7 +80,7 @@ func runNode(t *testing.T, srv *etcdembed.Server, root string, ttl time.Duration
 // in TestTwoThousandChannelsMove and on etcd in the conformance suite.)
 func TestOnEtcd(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts an etcd server")
+		t.Skip("starts an etcd server: not run when testing.Short()")
 	}
 	srv := etcdembed.NewForTest(t)
 	const root = "channelmgr-test"
