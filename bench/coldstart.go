@@ -19,7 +19,7 @@ import (
 // sessions (all on one long lease, which the caller revokes), channels
 // registered and Watched round-robin over the nodes, in txns of MaxTxnOps
 // puts. It returns the lease.
-func load(ctx context.Context, b kv.Backend, channels, nodes, payload int) (kv.LeaseID, error) {
+func load(ctx context.Context, b kv.Backend, channels, nodes, payload int, ttl time.Duration) (kv.LeaseID, error) {
 	lease, err := b.Grant(ctx, time.Hour)
 	if err != nil {
 		return 0, err
@@ -39,7 +39,7 @@ func load(ctx context.Context, b kv.Backend, channels, nodes, payload int) (kv.L
 	}
 	now := time.Now()
 	for id := int64(1); id <= int64(nodes); id++ {
-		v, err := meta.EncodeNodeSession(meta.NodeSession{ID: id, StartTime: now, State: meta.NodeServing, TTL: nodeTTL})
+		v, err := meta.EncodeNodeSession(meta.NodeSession{ID: id, StartTime: now, State: meta.NodeServing, TTL: ttl})
 		if err != nil {
 			return lease, err
 		}
@@ -109,7 +109,7 @@ type coordinator struct {
 func startCoordinator(b kv.Backend, e *Env, opts ...channelmgr.Option) (*coordinator, error) {
 	reg := prometheus.NewRegistry()
 	opts = append([]channelmgr.Option{channelmgr.WithID("bench-coordinator"), channelmgr.WithLogger(e.opts.Logger.Named("coord")),
-		channelmgr.WithSessionTTL(nodeTTL), channelmgr.WithNodeTTL(nodeTTL), channelmgr.WithRegisterer(reg)}, opts...)
+		channelmgr.WithSessionTTL(e.nodeTTL), channelmgr.WithNodeTTL(e.nodeTTL), channelmgr.WithRegisterer(reg)}, opts...)
 	c, err := channelmgr.New(b, opts...)
 	if err != nil {
 		return nil, err
@@ -157,7 +157,7 @@ func coldStart(ctx context.Context, e *Env, channels, nodes, payload int) (recov
 	}
 	defer admin.Close()
 	e.logf("B3/B5: loading %d channels (payload %d B) on %d nodes", channels, payload, nodes)
-	lease, err := load(ctx, admin, channels, nodes, payload)
+	lease, err := load(ctx, admin, channels, nodes, payload, e.nodeTTL)
 	if err != nil {
 		return
 	}

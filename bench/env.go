@@ -24,7 +24,8 @@ import (
 type Options struct {
 	// Scale multiplies every scenario's size: 1 is the full run, 0.1 the
 	// quick one (--quick), 0.01 the smoke test. Default 1; must be in
-	// (0, 1].
+	// (0, 1]. Below 0.05 the nodes' session TTL drops from 3s to 2s
+	// (etcd's minimum), which shortens B2's and B7's wait before a failover.
 	Scale float64
 	// Endpoints of an external etcd; empty starts an embedded one.
 	Endpoints []string
@@ -99,6 +100,7 @@ type Env struct {
 	cli     *clientv3.Client // admin: revisions, cleanup, raw lists
 	runID   string
 	nextRun int
+	nodeTTL time.Duration
 
 	mu    sync.Mutex
 	cache map[string]Result
@@ -112,7 +114,11 @@ func NewEnv(opts Options) (*Env, error) {
 	}
 	id := make([]byte, 4)
 	_, _ = rand.Read(id)
-	e := &Env{opts: opts, runID: time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(id), cache: map[string]Result{}}
+	e := &Env{opts: opts, runID: time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(id),
+		cache: map[string]Result{}, nodeTTL: nodeTTL}
+	if opts.Scale < smokeBelow {
+		e.nodeTTL = tinyTTL
+	}
 	if opts.Dir == "" {
 		d, err := os.MkdirTemp("", "chanwatch-bench-")
 		if err != nil {

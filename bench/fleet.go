@@ -18,8 +18,13 @@ import (
 // WithNodeTTL. Failover is triggered by revoking a lease, so the TTL does
 // not enter any figure; it only bounds how long a fresh coordinator waits
 // before it may move a gone node's channels (DESIGN §3), which B2 and B7
-// wait out before they measure.
-const nodeTTL = 3 * time.Second
+// wait out before they measure. Runs below smokeBelow use etcd's minimum
+// (tinyTTL) to shorten that wait.
+const (
+	nodeTTL    = 3 * time.Second
+	tinyTTL    = 2 * time.Second
+	smokeBelow = 0.05
+)
 
 // noop is the no-op Handler of every scenario: what is measured is the
 // coordination, not the user's work.
@@ -75,20 +80,20 @@ func (e *Env) newFleet(ctx context.Context, root string, n int, copts ...channel
 		return nil, err
 	}
 	opts := append([]channelmgr.Option{channelmgr.WithID("bench-coordinator"), channelmgr.WithLogger(e.opts.Logger.Named("coord")),
-		channelmgr.WithSessionTTL(nodeTTL), channelmgr.WithNodeTTL(nodeTTL)}, copts...)
+		channelmgr.WithSessionTTL(e.nodeTTL), channelmgr.WithNodeTTL(e.nodeTTL)}, copts...)
 	if f.coord, err = channelmgr.New(f.coordProc, opts...); err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithCancel(f.runCtx)
 	f.coordStop, f.coordDone = cancel, make(chan error, 1)
 	go func() { f.coordDone <- f.coord.Run(cctx) }()
-	if err := f.addNodes(ctx, n); err != nil {
-		return nil, err
-	}
 	if err := pollUntil(ctx, f.coord.IsLeader); err != nil {
 		return nil, fmt.Errorf("bench: coordinator never led: %w", err)
 	}
 	f.leadingAt = time.Now()
+	if err := f.addNodes(ctx, n); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -100,7 +105,7 @@ func (f *fleet) addNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		nw, err := nodewatch.New(p, noop{}, nodewatch.WithSessionTTL(nodeTTL), nodewatch.WithLogger(f.e.opts.Logger.Named("node")))
+		nw, err := nodewatch.New(p, noop{}, nodewatch.WithSessionTTL(f.e.nodeTTL), nodewatch.WithLogger(f.e.opts.Logger.Named("node")))
 		if err != nil {
 			p.Close()
 			return err
@@ -197,7 +202,7 @@ func (f *fleet) busiest() (int, int) {
 // its predecessor had just evicted them (DESIGN §3). A measurement of
 // failover must not include that one-off wait.
 func (f *fleet) waitMovable(ctx context.Context) error {
-	t := time.NewTimer(time.Until(f.leadingAt.Add(nodeTTL + 100*time.Millisecond)))
+	t := time.NewTimer(time.Until(f.leadingAt.Add(f.e.nodeTTL + 100*time.Millisecond)))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

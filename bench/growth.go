@@ -88,7 +88,7 @@ func balanceDecision(ctx context.Context, e *Env, n, nodes int) (decision, error
 		runtime.GC() // the next size starts without this one's garbage
 	}()
 	admin := m.NewClient()
-	lease, err := load(ctx, admin, n, nodes-1, 0)
+	lease, err := load(ctx, admin, n, nodes-1, 0, e.nodeTTL)
 	if err != nil {
 		return d, err
 	}
@@ -113,7 +113,7 @@ func balanceDecision(ctx context.Context, e *Env, n, nodes int) (decision, error
 		return d, err
 	}
 	joiner := int64(nodes)
-	val, err := meta.EncodeNodeSession(meta.NodeSession{ID: joiner, StartTime: time.Now(), State: meta.NodeServing, TTL: nodeTTL})
+	val, err := meta.EncodeNodeSession(meta.NodeSession{ID: joiner, StartTime: time.Now(), State: meta.NodeServing, TTL: e.nodeTTL})
 	if err != nil {
 		return d, err
 	}
