@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/chanwatch/chanwatch/bench"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
 )
@@ -65,6 +66,7 @@ func newRootCmd() *cobra.Command {
 		newDrainCmd(g),
 		newPauseCmd(g, true),
 		newPauseCmd(g, false),
+		bench.NewCommand(),
 	)
 	for _, c := range root.Commands() {
 		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
