@@ -88,8 +88,7 @@ func balanceDecision(ctx context.Context, e *Env, n, nodes int) (decision, error
 		runtime.GC() // the next size starts without this one's garbage
 	}()
 	admin := m.NewClient()
-	lease, err := load(ctx, admin, n, nodes-1, 0, e.nodeTTL)
-	if err != nil {
+	if _, err := load(ctx, admin, n, nodes-1, 0, e.nodeTTL); err != nil {
 		return d, err
 	}
 	if err := m.Store().Compact(m.Store().Rev()); err != nil {
@@ -136,7 +135,6 @@ func balanceDecision(ctx context.Context, e *Env, n, nodes int) (decision, error
 		return d, ctx.Err()
 	}
 	d.writes = m.Store().Rev() - rev0 - 1 // the join is ours
-	_ = lease
 
 	// The policy alone on the same shape: nodes-1 even nodes and one empty.
 	loads := make([]channelmgr.NodeLoad, nodes)

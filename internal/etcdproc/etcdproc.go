@@ -32,9 +32,11 @@ const DefaultMaxTxnOps = 128
 // before a member binds it.
 const bindAttempts = 5
 
-// ErrNotRunning: the member is not running (killed, terminated, or the
-// cluster is closed); ErrRunning: Restart on a member that still runs.
+// Errors of the member operations.
 var (
+	// ErrNotRunning: the member is not running (killed or terminated).
+	// ErrRunning: Restart on a member that still runs. ErrClosed: the
+	// cluster was closed.
 	ErrNotRunning = errors.New("etcdproc: member not running")
 	ErrRunning    = errors.New("etcdproc: member already running")
 	ErrClosed     = errors.New("etcdproc: cluster closed")
