@@ -14,6 +14,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/chanwatch/chanwatch/internal/linearize"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/stretchr/testify/require"
 )
@@ -219,17 +220,17 @@ func concLinearizable(t *testing.T, s *sc) {
 			last := map[string]string{} // the value this client last saw per key
 			for i := range opsPer {
 				key := keys[rng.IntN(len(keys))]
-				in := regInput{Key: key, Value: fmt.Sprintf("c%d-%d", c, i)}
-				var out regOutput
+				in := linearize.Input{Key: key, Value: fmt.Sprintf("c%d-%d", c, i)}
+				var out linearize.Output
 				var err error
 				call := now()
 				switch r := rng.IntN(10); {
 				case r < 3:
-					in.Kind = regPut
+					in.Kind = linearize.Put
 					_, err = kv.Put(s.ctx, h, key, []byte(in.Value))
 					last[key] = in.Value
 				case r < 6 || last[key] == "":
-					in.Kind = regGet
+					in.Kind = linearize.Get
 					var item kv.KeyValue
 					item, _, err = h.Get(s.ctx, key)
 					if errors.Is(err, kv.ErrKeyNotFound) {
@@ -238,7 +239,7 @@ func concLinearizable(t *testing.T, s *sc) {
 					out.Value = string(item.Value)
 					last[key] = out.Value
 				default:
-					in.Kind, in.Expect = regCAS, last[key]
+					in.Kind, in.Expect = linearize.CAS, last[key]
 					var resp kv.TxnResponse
 					resp, err = h.Txn(s.ctx, kv.Txn{
 						If:   []kv.Cmp{kv.CmpValue(key, kv.Equal, []byte(in.Expect))},
@@ -258,14 +259,14 @@ func concLinearizable(t *testing.T, s *sc) {
 				ret := now()
 				switch {
 				case err == nil:
-				case ambiguous(err) && in.Kind == regGet:
+				case ambiguous(err) && in.Kind == linearize.Get:
 					// A read that returned nothing constrains nothing.
 					last[key] = ""
 					continue
 				case ambiguous(err):
 					// A write that may have applied: it may take effect at
 					// any time after its call, so it never returns.
-					out, ret = regOutput{Unknown: true}, math.MaxInt64
+					out, ret = linearize.Output{Unknown: true}, math.MaxInt64
 					last[key] = ""
 				default:
 					errs[c] = fmt.Errorf("client %d op %d (%+v): %w", c, i, in, err)
@@ -282,12 +283,12 @@ func concLinearizable(t *testing.T, s *sc) {
 	for _, h := range history {
 		ops = append(ops, h...)
 	}
-	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, time.Minute)
+	res, info := porcupine.CheckOperationsVerbose(linearize.Model, ops, time.Minute)
 	if res != porcupine.Ok {
 		dir, err := os.MkdirTemp("", "chanwatch-linearizability-")
 		if err == nil {
 			path := filepath.Join(dir, "history.html")
-			if err := porcupine.VisualizePath(registerModel, info, path); err == nil {
+			if err := porcupine.VisualizePath(linearize.Model, info, path); err == nil {
 				t.Logf("visualization of the history: %s", path)
 			}
 		}

@@ -13,53 +13,9 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/chanwatch/chanwatch/internal/linearize"
 	"github.com/chanwatch/chanwatch/kv"
 )
-
-// regInput is one operation on one key of the register model.
-type regInput struct {
-	put   bool
-	key   string
-	value string // put: the value written
-}
-
-// regOutput is what a get returned ("" for a missing key).
-type regOutput struct{ value string }
-
-// registerModel is a map of independent registers, partitioned by key.
-var registerModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, op := range history {
-			k := op.Input.(regInput).key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
-	Step: func(state, input, output any) (bool, any) {
-		in := input.(regInput)
-		if in.put {
-			return true, in.value
-		}
-		return output.(regOutput).value == state.(string), state
-	},
-	DescribeOperation: func(input, output any) string {
-		in := input.(regInput)
-		if in.put {
-			return fmt.Sprintf("put(%s, %q)", in.key, in.value)
-		}
-		return fmt.Sprintf("get(%s) -> %q", in.key, output.(regOutput).value)
-	},
-}
 
 // history records operations with timestamps on one monotonic clock.
 type history struct {
@@ -70,7 +26,7 @@ type history struct {
 
 func (h *history) now() int64 { return int64(time.Since(h.start)) }
 
-func (h *history) add(client int, in regInput, out regOutput, call, ret int64) {
+func (h *history) add(client int, in linearize.Input, out linearize.Output, call, ret int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Output: out, Call: call, Return: ret})
@@ -90,7 +46,7 @@ func (h *history) get(ctx context.Context, client int, n kv.KV, key string) erro
 	if err != nil && !errors.Is(err, kv.ErrKeyNotFound) {
 		return err // a failed read has no effect: leave it out
 	}
-	h.add(client, regInput{key: key}, regOutput{value: string(item.Value)}, call, ret)
+	h.add(client, linearize.Input{Kind: linearize.Get, Key: key}, linearize.Output{Value: string(item.Value)}, call, ret)
 	return nil
 }
 
@@ -113,7 +69,7 @@ func (h *history) put(ctx context.Context, client int, n kv.KV, key, value strin
 	default:
 		return err
 	}
-	h.add(client, regInput{put: true, key: key, value: value}, regOutput{}, call, ret)
+	h.add(client, linearize.Input{Kind: linearize.Put, Key: key, Value: value}, linearize.Output{}, call, ret)
 	return nil
 }
 
@@ -194,7 +150,7 @@ func TestLinearizableAcrossLeaderKill(t *testing.T) {
 	}
 	t.Logf("%d operations, %d with unknown outcome", len(ops), pending)
 	start := time.Now()
-	res := porcupine.CheckOperationsTimeout(registerModel, ops, 30*time.Second)
+	res := porcupine.CheckOperationsTimeout(linearize.Model, ops, 30*time.Second)
 	equal(t, res, porcupine.Ok, "the history is linearizable")
 	t.Logf("checked in %v", time.Since(start))
 	waitConverged(t, c)
@@ -227,9 +183,9 @@ func TestLinearizableAcrossLeaderKill(t *testing.T) {
 	call := h.now()
 	item, _, err := on.fsm.store.Get("lin/stale")
 	noErr(t, err)
-	h.add(201, regInput{key: "lin/stale"}, regOutput{value: string(item.Value)}, call, h.now())
+	h.add(201, linearize.Input{Kind: linearize.Get, Key: "lin/stale"}, linearize.Output{Value: string(item.Value)}, call, h.now())
 	equal(t, string(item.Value), "before-partition", "the partitioned node cannot have the new write")
-	res = porcupine.CheckOperationsTimeout(registerModel, h.snapshot(), 30*time.Second)
+	res = porcupine.CheckOperationsTimeout(linearize.Model, h.snapshot(), 30*time.Second)
 	equal(t, res, porcupine.Illegal, "the checker catches the stale local read")
 
 	// Healed, the old leader catches up.
