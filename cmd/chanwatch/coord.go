@@ -5,13 +5,10 @@ import (
 	"errors"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/chanwatch/chanwatch/channelmgr"
-	"github.com/chanwatch/chanwatch/kv/kvstats"
 	"github.com/chanwatch/chanwatch/session"
 )
 
@@ -44,18 +41,11 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 				return usagef("--max-moves must be > 0, got %d", maxMoves)
 			}
 			ctx := cmd.Context()
-			b, closeB, err := g.connect(ctx, lg)
+			b, reg, closeB, err := g.connectInstrumented(ctx, lg)
 			if err != nil {
 				return err
 			}
 			defer closeB()
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			m, err := kvstats.NewMetrics(reg)
-			if err != nil {
-				return err
-			}
-			b = kvstats.Wrap(b, m)
 			opts := []channelmgr.Option{
 				channelmgr.WithLogger(lg), channelmgr.WithRegisterer(reg), channelmgr.WithPolicy(pol),
 				channelmgr.WithSessionTTL(ttl), channelmgr.WithNodeTTL(nodeTTL), channelmgr.WithWatchTimeout(watchTimeout),

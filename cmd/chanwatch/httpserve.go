@@ -9,8 +9,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/kvstats"
 )
 
 // serveHTTP serves /metrics, /healthz, /readyz and /debug/pprof on addr
@@ -52,4 +56,21 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 		}
 	}()
 	return nil
+}
+
+// connectInstrumented connects like connect and measures every backend call
+// on a fresh registry that also carries Go and process metrics.
+func (g *globalFlags) connectInstrumented(ctx context.Context, lg *zap.Logger) (kv.Backend, *prometheus.Registry, func(), error) {
+	b, closeB, err := g.connect(ctx, lg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := kvstats.NewMetrics(reg)
+	if err != nil {
+		closeB()
+		return nil, nil, nil, err
+	}
+	return kvstats.Wrap(b, m), reg, closeB, nil
 }

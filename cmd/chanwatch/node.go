@@ -9,11 +9,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/chanwatch/chanwatch/kv/kvstats"
 	"github.com/chanwatch/chanwatch/meta"
 	"github.com/chanwatch/chanwatch/nodewatch"
 )
@@ -102,18 +100,11 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 				return usagef("--watch-delay must be >= 0, got %v", delay)
 			}
 			ctx := cmd.Context()
-			b, closeB, err := g.connect(ctx, lg)
+			b, reg, closeB, err := g.connectInstrumented(ctx, lg)
 			if err != nil {
 				return err
 			}
 			defer closeB()
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			m, err := kvstats.NewMetrics(reg)
-			if err != nil {
-				return err
-			}
-			b = kvstats.Wrap(b, m)
 			h := &logHandler{
 				lg: lg, delay: delay, failRate: failRate, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 				running: map[string]int64{},
