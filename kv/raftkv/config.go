@@ -1,6 +1,7 @@
 package raftkv
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -116,6 +117,9 @@ type options struct {
 	snapshotInterval  time.Duration
 
 	noFsync bool
+
+	tls    *tls.Config // nil: plaintext
+	tlsSet bool        // WithTLS was given, even with nil
 }
 
 func defaultOptions() options {
@@ -186,6 +190,23 @@ func WithSnapshotInterval(d time.Duration) Option { return func(o *options) { o.
 // benchmarks only.
 func WithUnsafeNoFsync(on bool) Option { return func(o *options) { o.noFsync = on } }
 
+// WithTLS runs every connection between nodes, raft traffic and forwarded
+// requests alike, over mutual TLS. cfg must hold the node's certificate
+// (Certificates, at least one) and the cluster's CA pool (RootCAs,
+// ClientCAs, or both; either stands in for the other when unset). Each
+// node verifies the certificate of every node that connects to it
+// (tls.RequireAndVerifyClientCert against ClientCAs) and of every node it
+// dials (against RootCAs, with the host of the dialed address as the
+// server name unless cfg.ServerName is set), so a certificate must carry
+// the host its node advertises (an IP SAN for an IP address) and be valid
+// for both server and client authentication. A node without a certificate
+// from the cluster's CA can neither join nor forward requests. Open clones
+// cfg: later changes to it have no effect. Errors (ErrInvalidConfig, from
+// Open): a nil cfg, no certificate, no CA pool, InsecureSkipVerify.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) { o.tls, o.tlsSet = cfg, true }
+}
+
 func (o *options) validate() error {
 	switch {
 	case o.log == nil:
@@ -200,6 +221,11 @@ func (o *options) validate() error {
 		return fmt.Errorf("%w: request timeout %v <= 0", ErrInvalidConfig, o.requestTimeout)
 	case o.trailingLogs == 0 && o.snapshotThreshold == 0:
 		return fmt.Errorf("%w: snapshot threshold and trailing logs both 0", ErrInvalidConfig)
+	}
+	if o.tlsSet {
+		if err := validateTLS(o.tls); err != nil {
+			return err
+		}
 	}
 	// raft validates the rest (timeout ordering and minimums) in one place.
 	if err := raft.ValidateConfig(o.raftConfig("validate")); err != nil {
@@ -253,4 +279,35 @@ func (w zapWriter) Write(p []byte) (int, error) {
 		w.l.Warn(line)
 	}
 	return len(p), nil
+}
+
+// validateTLS checks what mutual TLS needs. A missing CA pool is refused
+// rather than defaulted: crypto/tls would verify peers against the
+// system's public roots, which vouch for anyone with a public certificate.
+func validateTLS(c *tls.Config) error {
+	switch {
+	case c == nil:
+		return fmt.Errorf("%w: nil TLS config", ErrInvalidConfig)
+	case len(c.Certificates) == 0:
+		return fmt.Errorf("%w: TLS config without a certificate", ErrInvalidConfig)
+	case c.RootCAs == nil && c.ClientCAs == nil:
+		return fmt.Errorf("%w: TLS config without a CA pool (RootCAs or ClientCAs)", ErrInvalidConfig)
+	case c.InsecureSkipVerify:
+		return fmt.Errorf("%w: TLS config with InsecureSkipVerify: peers must be verified", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// tlsConfigs derives the listener's and the dialer's configs from the
+// one given to WithTLS.
+func tlsConfigs(c *tls.Config) (server, client *tls.Config) {
+	server, client = c.Clone(), c.Clone()
+	server.ClientAuth = tls.RequireAndVerifyClientCert
+	if server.ClientCAs == nil {
+		server.ClientCAs = c.RootCAs
+	}
+	if client.RootCAs == nil {
+		client.RootCAs = c.ClientCAs
+	}
+	return server, client
 }

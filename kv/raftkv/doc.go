@@ -1,5 +1,5 @@
 // Package raftkv is chanwatch's embedded, replicated kv.Backend: a cluster
-// of Nodes on github.com/hashicorp/raft (TCP transport, raft-boltdb/v2 log
+// of Nodes on github.com/hashicorp/raft (TCP or mutual-TLS transport, raft-boltdb/v2 log
 // and stable store, file snapshots) whose replicated state machine is the
 // same memkv.Store that memkv serves, so both backends share one MVCC
 // implementation and one set of semantics.
@@ -34,9 +34,21 @@
 // the node), ClientAt under a root, as etcdkv confines keys under its root.
 // StartCluster runs a loopback cluster for tests and demos.
 //
+// Security: WithTLS runs every connection between nodes over mutual TLS.
+// The first byte that tells raft traffic from forwarded requests travels
+// inside the TLS stream, so both are encrypted and authenticated alike:
+// each node presents its certificate and verifies the other's against the
+// cluster's CA pool (the dialer also checks the dialed host, an IP SAN for
+// an IP address), so a node or client without a certificate from that CA
+// can neither replicate, be replicated to, nor forward a request. A
+// handshake must complete within a few seconds, on its own goroutine, so
+// a stalled peer blocks no one else. TLS authenticates nodes, it does not
+// authorize them: any holder of a certificate from the CA is a peer, and
+// Join adds whatever member a caller asks for.
+//
 // raftkv must not: serve a read from a replica that has not caught up with
 // the leader's verified commit index; let any replica expire a lease on its
 // own clock; or keep a second copy of the MVCC logic (it belongs to
-// memkv.Store). It does not authenticate or encrypt traffic between nodes:
-// run it on a trusted network.
+// memkv.Store). Without WithTLS it neither authenticates nor encrypts
+// traffic between nodes: run such a cluster on a trusted network.
 package raftkv

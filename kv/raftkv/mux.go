@@ -1,6 +1,8 @@
 package raftkv
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,17 +18,29 @@ import (
 // small integer, so one listener serves both.
 const rpcMagic byte = 0xC7
 
+// handshakeTimeout bounds how long an accepted connection may take to
+// finish its TLS handshake and send its first byte, so a peer that
+// connects and stalls holds only its own goroutine, briefly.
+const handshakeTimeout = 5 * time.Second
+
 // errPartitioned fails dials of a node cut off by a test.
 var errPartitioned = errors.New("raftkv: node partitioned")
 
 // mux owns the node's listener: it routes raft connections to raft's
 // transport (as its raft.StreamLayer) and forwarded-request connections to
 // serve. Every connection in either direction goes through it, so Close
-// and the test partition hook can cut them all.
+// and the test partition hook can cut them all. With TLS, the TCP
+// connection is tracked and TLS runs on top of it: the first byte that
+// tells raft from forwarded requests travels inside the TLS stream.
 type mux struct {
 	ln        net.Listener
 	advertise netAddr
 	serve     func(net.Conn) // serves one forwarded-request connection
+
+	// tlsServer and tlsClient are nil for plaintext.
+	tlsServer, tlsClient *tls.Config
+	// rejected counts accepted connections whose TLS handshake failed.
+	rejected atomic.Int64
 
 	raftConns chan net.Conn
 	closed    chan struct{}
@@ -38,7 +52,9 @@ type mux struct {
 	partitioned atomic.Bool
 }
 
-func newMux(ln net.Listener, advertise string, serve func(net.Conn)) *mux {
+// newMux serves ln; tlsCfg is the config given to WithTLS, nil for
+// plaintext.
+func newMux(ln net.Listener, advertise string, serve func(net.Conn), tlsCfg *tls.Config) *mux {
 	m := &mux{
 		ln:        ln,
 		advertise: netAddr(advertise),
@@ -46,6 +62,9 @@ func newMux(ln net.Listener, advertise string, serve func(net.Conn)) *mux {
 		raftConns: make(chan net.Conn),
 		closed:    make(chan struct{}),
 		conns:     make(map[*trackedConn]struct{}),
+	}
+	if tlsCfg != nil {
+		m.tlsServer, m.tlsClient = tlsConfigs(tlsCfg)
 	}
 	m.wg.Add(1)
 	go m.acceptLoop()
@@ -81,23 +100,37 @@ func (m *mux) acceptLoop() {
 	}
 }
 
-// route reads a connection's first byte and hands it on.
-func (m *mux) route(c *trackedConn) {
+// route completes the TLS handshake if any, reads the connection's first
+// byte and hands it on. It runs on its own goroutine, not in the accept
+// loop, so a slow or silent peer blocks no one else.
+func (m *mux) route(tc *trackedConn) {
 	defer m.wg.Done()
+	var c net.Conn = tc
+	_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if m.tlsServer != nil {
+		sc := tls.Server(tc, m.tlsServer)
+		if err := sc.Handshake(); err != nil {
+			// A peer without a certificate from the cluster's CA, or
+			// not speaking TLS: nothing it sent is read.
+			m.rejected.Add(1)
+			_ = tc.Close()
+			return
+		}
+		c = sc
+	}
 	var first [1]byte
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(first[:]); err != nil {
 		_ = c.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	_ = tc.SetDeadline(time.Time{})
 	if first[0] == rpcMagic {
 		m.serve(c)
 		_ = c.Close()
 		return
 	}
 	select {
-	case m.raftConns <- &peekedConn{trackedConn: c, first: first[0], has: true}:
+	case m.raftConns <- &peekedConn{Conn: c, first: first[0], has: true}:
 	case <-m.closed:
 		_ = c.Close()
 	}
@@ -198,7 +231,33 @@ func (m *mux) dial(addr string, timeout time.Duration) (net.Conn, error) {
 	if tc == nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, errPartitioned)
 	}
-	return tc, nil
+	if m.tlsClient == nil {
+		return tc, nil
+	}
+	cfg := m.tlsClient
+	if cfg.ServerName == "" {
+		// Verify the peer against the host dialed: an IP address
+		// matches the certificate's IP SANs.
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			_ = tc.Close()
+			return nil, err
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	cc := tls.Client(tc, cfg)
+	if err := cc.HandshakeContext(ctx); err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+	}
+	return cc, nil
 }
 
 // setPartitioned cuts (true) or restores (false) every connection of this
@@ -232,7 +291,7 @@ func (c *trackedConn) Close() error {
 
 // peekedConn gives back the byte route read.
 type peekedConn struct {
-	*trackedConn
+	net.Conn
 	first byte
 	has   bool
 }
@@ -243,7 +302,7 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 		c.has = false
 		return 1, nil
 	}
-	return c.trackedConn.Read(p)
+	return c.Conn.Read(p)
 }
 
 // netAddr is an advertised "host:port".

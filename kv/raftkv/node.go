@@ -110,7 +110,7 @@ func (n *Node) open(cfg Config) error {
 			return err
 		}
 	}
-	n.mux = newMux(ln, n.addr, n.serveConn)
+	n.mux = newMux(ln, n.addr, n.serveConn, n.o.tls)
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.mux,
 		MaxPool: 3,
