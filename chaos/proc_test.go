@@ -18,6 +18,9 @@ var (
 	binOnce sync.Once
 	binDir  string
 	binErr  error
+
+	cliOnce sync.Once
+	cliErr  error
 )
 
 func TestMain(m *testing.M) {
@@ -47,7 +50,24 @@ func chaosnodeBin(t testing.TB) string {
 	return filepath.Join(binDir, "chaosnode")
 }
 
-// proc is a chaosnode process.
+// chanwatchBin builds the chanwatch CLI (cmd/chanwatch) once per test
+// binary, next to chaosnode.
+func chanwatchBin(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Dir(chaosnodeBin(t))
+	cliOnce.Do(func() {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "chanwatch"), "../cmd/chanwatch").CombinedOutput()
+		if err != nil {
+			cliErr = fmt.Errorf("go build chanwatch: %v\n%s", err, out)
+		}
+	})
+	if cliErr != nil {
+		t.Fatal(cliErr)
+	}
+	return filepath.Join(dir, "chanwatch")
+}
+
+// proc is a child process: a chaosnode or a chanwatch daemon.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
@@ -57,12 +77,19 @@ type proc struct {
 
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
+	return startExe(t, chaosnodeBin(t), name, append([]string{"--name", name}, args...)...)
+}
+
+// startExe runs bin with args, its output in a log file of the test's; the
+// test's end stops it (SIGCONT, SIGTERM, SIGKILL after 10s).
+func startExe(t testing.TB, bin, name string, args ...string) *proc {
+	t.Helper()
 	log := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(chaosnodeBin(t), append([]string{"--name", name}, args...)...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// The child dies with the test binary, so a crashed test leaves no node.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,0 +1,344 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chanwatch/chanwatch/conformance"
+	"github.com/chanwatch/chanwatch/internal/etcdproc"
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/etcdkv"
+	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/session"
+)
+
+// coordMetrics are the figures of a `chanwatch coord` process's /metrics
+// that say what its writes became.
+type coordMetrics struct {
+	leader                     bool
+	ok, conflict, errs, fenced float64
+}
+
+func (m coordMetrics) String() string {
+	return fmt.Sprintf("leader=%v ok=%g conflict=%g error=%g fenced=%g", m.leader, m.ok, m.conflict, m.errs, m.fenced)
+}
+
+var metricLine = regexp.MustCompile(`^(chanwatch_coordinator_[a-z_]+)(\{result="([a-z]+)"\})? (\S+)$`)
+
+// scrapeCoord reads addr's /metrics.
+func scrapeCoord(ctx context.Context, addr string) (coordMetrics, error) {
+	var m coordMetrics
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return m, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return m, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return m, fmt.Errorf("GET %s/metrics: %s", addr, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	seen := false
+	for sc.Scan() {
+		g := metricLine.FindStringSubmatch(sc.Text())
+		if g == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(g[4], 64)
+		if err != nil {
+			continue
+		}
+		switch g[1] + "/" + g[3] {
+		case "chanwatch_coordinator_is_leader/":
+			m.leader, seen = v == 1, true
+		case "chanwatch_coordinator_fencing_rejections_total/":
+			m.fenced = v
+		case "chanwatch_coordinator_txns_total/ok":
+			m.ok = v
+		case "chanwatch_coordinator_txns_total/conflict":
+			m.conflict = v
+		case "chanwatch_coordinator_txns_total/error":
+			m.errs = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return m, err
+	}
+	if !seen {
+		return m, fmt.Errorf("%s/metrics has no chanwatch_coordinator_is_leader", addr)
+	}
+	return m, nil
+}
+
+// cliCoord is a `chanwatch coord` process and its /metrics address.
+type cliCoord struct {
+	*proc
+	id, http string
+}
+
+func (c *cliCoord) metrics(t testing.TB) coordMetrics {
+	t.Helper()
+	var m coordMetrics
+	var err error
+	// The process may still be starting its HTTP server, or be waking up.
+	if !poll(10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		m, err = scrapeCoord(ctx, c.http)
+		return err == nil
+	}) {
+		t.Fatalf("coordinator %s: %v", c.id, err)
+	}
+	return m
+}
+
+// kill SIGKILLs the process and waits for it to exit.
+func (p *proc) kill(t testing.TB) {
+	t.Helper()
+	p.signal(t, syscall.SIGKILL)
+	<-p.done
+}
+
+// cliConverged says why the checker's view has not converged ("" when it
+// has): every registered channel Watched on a live node, nodes live nodes.
+func cliConverged(v conformance.View, nodes int) string {
+	if len(v.Live) != nodes {
+		return fmt.Sprintf("%d live nodes, want %d", len(v.Live), nodes)
+	}
+	if v.Leader == "" {
+		return "no leader"
+	}
+	for ch := range v.Registered {
+		a, ok := v.Assign[ch]
+		if !ok {
+			return fmt.Sprintf("channel %s has no single key", ch)
+		}
+		if _, live := v.Live[a.NodeID]; a.Info.State != meta.Watched || !live {
+			return fmt.Sprintf("channel %s is %v on node %d", ch, a.Info.State, a.NodeID)
+		}
+	}
+	for ch := range v.Assign {
+		if !v.Registered[ch] {
+			return fmt.Sprintf("deregistered channel %s still has a key", ch)
+		}
+	}
+	return ""
+}
+
+// TestDeposedCoordinatorProcess is TestDeposedCoordinatorCannotWrite with
+// real processes: bin/etcd, two `chanwatch coord` and three `chanwatch
+// node` daemons. The leading coordinator is SIGSTOPped for 2.5x its session
+// TTL while channels are registered and a node is SIGKILLed (work it will
+// want to do when it wakes); the other takes over; then it gets SIGCONT.
+// A conformance.Checker on its own client follows the root throughout: no
+// invariant breaks and the leaderships it sees never overlap. The old
+// leader's /metrics must show no successful txn after the resume: every
+// write it tried was rejected by its leader guard (fencing_rejections_total
+// grew), or it noticed its lost session first and wrote nothing.
+func TestDeposedCoordinatorProcess(t *testing.T) {
+	r := newReport(t)
+	const ttl = 2 * time.Second
+	etcd := etcdproc.NewForTest(t, scale(1, 3))
+	root := uniqueRoot(t)
+	eps := strings.Join(etcd.Endpoints(), ",")
+	ctx := testCtx(t)
+
+	newHandle := func() kv.Backend {
+		cli, err := etcd.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cli.Close() })
+		b, err := etcdkv.New(cli, root, etcdkv.WithMaxTxnOps(etcd.MaxTxnOps()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	obs := newHandle()
+	chk := conformance.NewChecker(newHandle(), conformance.NewRecorder(nil, 0))
+	cctx, stopChk := context.WithCancel(ctx)
+	chkDone := make(chan error, 1)
+	go func() { chkDone <- chk.Run(cctx) }()
+	defer func() {
+		stopChk()
+		if err := <-chkDone; err != nil {
+			t.Errorf("checker: %v", err)
+		}
+	}()
+
+	bin := chanwatchBin(t)
+	global := []string{"--endpoints", eps, "--root", root, "--log-format", "json"}
+	seq := 0
+	startCoordProc := func() *cliCoord {
+		seq++
+		id, addr := fmt.Sprintf("c%d", seq), freePort(t)
+		p := startExe(t, bin, id, append([]string{"coord"}, append(global, "--id", id, "--http", addr,
+			"--session-ttl", ttl.String(), "--node-ttl", ttl.String(),
+			"--watch-timeout", (3 * ttl).String(), "--release-timeout", (3 * ttl).String())...)...)
+		return &cliCoord{proc: p, id: id, http: addr}
+	}
+	startNodeProc := func() *proc {
+		seq++
+		name := fmt.Sprintf("n%d", seq)
+		return startExe(t, bin, name, append([]string{"node"}, append(global, "--http", "", "--addr", name,
+			"--session-ttl", ttl.String())...)...)
+	}
+	coords := []*cliCoord{startCoordProc(), startCoordProc()}
+	nodes := []*proc{startNodeProc(), startNodeProc(), startNodeProc()}
+	registerChannels(t, obs, channelNames("pd", scale(8, 24))...)
+
+	converge := func(since time.Time) {
+		t.Helper()
+		var why string
+		if !poll(30*time.Second, func() bool {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if err := chk.Sync(sctx); err != nil {
+				why = err.Error()
+				return false
+			}
+			why = cliConverged(chk.View(), len(nodes))
+			return why == ""
+		}) {
+			t.Fatalf("no convergence within 30s: %s", why)
+		}
+		r.reconverged(time.Since(since), ttl)
+	}
+	converge(time.Now())
+
+	var okAfter, fencedAfter, tried, silent float64
+	for round := range scale(1, 5) {
+		leaderCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, token, err := session.Leader(leaderCtx, obs)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var old *cliCoord
+		for _, c := range coords {
+			if c.id == s.ID {
+				old = c
+			}
+		}
+		if old == nil {
+			t.Fatalf("leader %q is none of the coordinators", s.ID)
+		}
+		// Pause a quiet leader: a txn answered after SIGSTOP would count
+		// in the metrics after SIGCONT although it landed before.
+		var before coordMetrics
+		eventually(t, 10*time.Second, "the leader is quiet", func() bool {
+			m1 := old.metrics(t)
+			pace(ctx, 300*time.Millisecond)
+			before = old.metrics(t)
+			return m1 == before && before.leader
+		})
+		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL; %s", round, old.id, token, before)
+		stopped := time.Now()
+		old.signal(t, syscall.SIGSTOP)
+
+		// Work for the frozen leader: new channels, and a node crash.
+		registerChannels(t, obs, channelNames(fmt.Sprintf("pd%c-", 'a'+round), 4)...)
+		victim := nodes[0]
+		r.fault("round %d: node %s SIGKILL", round, victim.name)
+		victim.kill(t)
+		nodes = append(nodes[1:], startNodeProc())
+
+		var newToken int64
+		var newID string
+		eventually(t, 10*time.Second, "another coordinator leads", func() bool {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			s, tok, err := session.Leader(lctx, obs)
+			newID, newToken = s.ID, tok
+			return err == nil && s.ID != old.id
+		})
+		r.figure(fmt.Sprintf("takeover%d", round), fmt.Sprintf("%.2fxTTL", float64(time.Since(stopped))/float64(ttl)))
+		pace(ctx, 5*ttl/2-time.Since(stopped))
+		r.note("%s leads with token %d; SIGCONT %s", newID, newToken, old.id)
+		old.signal(t, syscall.SIGCONT)
+		resumed := time.Now()
+		converge(resumed)
+		// Give the old process a TTL more to act on what it saw while
+		// asleep, then read what became of its writes.
+		pace(ctx, ttl)
+		after := old.metrics(t)
+		r.note("%s after the resume: %s", old.id, after)
+		if after.leader {
+			r.violate("%s says it leads after %s took over", old.id, newID)
+		}
+		if d := after.ok - before.ok; d > 0 {
+			r.violate("deposed coordinator %s had %g txn(s) succeed after its resume", old.id, d)
+			okAfter += d
+		}
+		fencedAfter += after.fenced - before.fenced
+		if after.fenced > before.fenced || after.conflict > before.conflict || after.errs > before.errs {
+			tried++
+		} else {
+			silent++
+		}
+		// The store: the old term ended before the new one began.
+		vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := chk.Sync(vctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		r.note("terms %s", chk.Terms())
+		if !termsDisjoint(chk.Terms()) {
+			r.violate("coordinator terms overlap: %s", chk.Terms())
+		}
+		coords = []*cliCoord{coordByID(coords, newID), old}
+	}
+	for _, v := range chk.Violations() {
+		r.violate("checker: %s", v)
+	}
+	r.figure("deposed_ok_after_resume", okAfter)
+	r.figure("deposed_fenced", fencedAfter)
+	r.figure("rounds_tried_write", tried)
+	r.figure("rounds_no_write", silent)
+	// Kept for the failure report (written only if the test fails).
+	for _, c := range coords {
+		if b, err := os.ReadFile(c.log); err == nil {
+			r.attach(c.id+".log", b)
+		}
+	}
+}
+
+func coordByID(cs []*cliCoord, id string) *cliCoord {
+	for _, c := range cs {
+		if c.id == id {
+			return c
+		}
+	}
+	return nil
+}
+
+var termRE = regexp.MustCompile(`\[(\S+) (\d+)\.\.(\d+)\]`)
+
+// termsDisjoint checks Checker.Terms ("[id create..deleted]..."): every term
+// but the last ended before the next one began.
+func termsDisjoint(terms string) bool {
+	ts := termRE.FindAllStringSubmatch(terms, -1)
+	for i := 0; i+1 < len(ts); i++ {
+		end, _ := strconv.ParseInt(ts[i][3], 10, 64)
+		next, _ := strconv.ParseInt(ts[i+1][2], 10, 64)
+		if end == 0 || end > next {
+			return false
+		}
+	}
+	return true
+}
