@@ -189,7 +189,7 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		id, addr := fmt.Sprintf("c%d", seq), freePort(t)
 		p := startExe(t, bin, id, append([]string{"coord"}, append(global, "--id", id, "--http", addr,
 			"--session-ttl", ttl.String(), "--node-ttl", ttl.String(),
-			"--watch-timeout", (3 * ttl).String(), "--release-timeout", (3 * ttl).String())...)...)
+			"--watch-timeout", (3*ttl).String(), "--release-timeout", (3*ttl).String())...)...)
 		return &cliCoord{proc: p, id: id, http: addr}
 	}
 	startNodeProc := func() *proc {
