@@ -1,8 +1,8 @@
 // Package raftkv is chanwatch's embedded, replicated kv.Backend: a cluster
-// of Nodes on github.com/hashicorp/raft (TCP or mutual-TLS transport, raft-boltdb/v2 log
-// and stable store, file snapshots) whose replicated state machine is the
-// same memkv.Store that memkv serves, so both backends share one MVCC
-// implementation and one set of semantics.
+// of Nodes on github.com/hashicorp/raft (TCP or mutual-TLS transport,
+// raft-boltdb/v2 log and stable store, file snapshots) whose replicated
+// state machine is the same memkv.Store that memkv serves, so both
+// backends share one MVCC implementation and one set of semantics.
 //
 // Every Node serves the whole kv.Backend contract. Writes (Txn with a write,
 // Grant, Revoke, Compact) go through the log: a follower forwards them to
@@ -42,9 +42,11 @@
 // an IP address), so a node or client without a certificate from that CA
 // can neither replicate, be replicated to, nor forward a request. A
 // handshake must complete within a few seconds, on its own goroutine, so
-// a stalled peer blocks no one else. TLS authenticates nodes, it does not
-// authorize them: any holder of a certificate from the CA is a peer, and
-// Join adds whatever member a caller asks for.
+// a stalled peer blocks no one else. Join first makes one request to the
+// new node over TLS and refuses it (kv.ErrPermissionDenied) if either side
+// rejects the other, so an unauthenticated node never becomes a voter. TLS
+// authenticates nodes, it does not authorize them: any holder of a
+// certificate from the CA is a peer.
 //
 // raftkv must not: serve a read from a replica that has not caught up with
 // the leader's verified commit index; let any replica expire a lease on its

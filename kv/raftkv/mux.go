@@ -23,6 +23,10 @@ const rpcMagic byte = 0xC7
 // connects and stalls holds only its own goroutine, briefly.
 const handshakeTimeout = 5 * time.Second
 
+// errTLSHandshake marks a dial whose TCP connection was made but whose
+// TLS handshake failed.
+var errTLSHandshake = errors.New("raftkv: TLS handshake failed")
+
 // errPartitioned fails dials of a node cut off by a test.
 var errPartitioned = errors.New("raftkv: node partitioned")
 
@@ -255,7 +259,7 @@ func (m *mux) dial(addr string, timeout time.Duration) (net.Conn, error) {
 	cc := tls.Client(tc, cfg)
 	if err := cc.HandshakeContext(ctx); err != nil {
 		_ = tc.Close()
-		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+		return nil, fmt.Errorf("%w with %s: %w", errTLSHandshake, addr, err)
 	}
 	return cc, nil
 }

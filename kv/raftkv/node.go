@@ -244,8 +244,13 @@ func (n *Node) WaitLeader(ctx context.Context) (string, error) {
 
 // Join adds a node that was started empty (no Bootstrap, no state) as a
 // voter. It runs on the leader, forwarded there if needed; joining a member
-// again with the same address is a no-op. Errors: kv.ErrUnavailable without
-// a leader, ctx's error, kv.ErrClosed.
+// again with the same address is a no-op. With WithTLS, the leader first
+// makes one request to the node at addr over mutual TLS, so that a node
+// that cannot authenticate never becomes a voter (a voter no one can reach
+// would count towards every quorum). Errors: kv.ErrUnavailable without a
+// leader or when addr cannot be reached, kv.ErrPermissionDenied when the
+// TLS handshake with addr fails on a certificate (either side's), ctx's
+// error, kv.ErrClosed.
 func (n *Node) Join(ctx context.Context, id, addr string) error {
 	if id == "" || addr == "" {
 		return fmt.Errorf("%w: join needs an ID and an address", ErrInvalidConfig)
@@ -276,7 +281,30 @@ func (n *Node) joinLocal(ctx context.Context, id, addr string) error {
 	if n.raft.State() != raft.Leader {
 		return errNotLeader
 	}
+	if n.mux.tlsClient != nil {
+		if _, err := n.pool.call(ctx, addr, &rpcRequest{Method: rpcPing, Timeout: n.o.requestTimeout}); err != nil {
+			return probeError(ctx, id, addr, err)
+		}
+	}
 	return waitFuture(ctx, n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, n.o.requestTimeout), verifyError)
+}
+
+// probeError classifies a failed probe of a joining node. A TCP
+// connection that could not be made, or a timeout, is kv.ErrUnavailable.
+// A failed TLS handshake (a certificate either side refused, a peer not
+// speaking TLS) is kv.ErrPermissionDenied, and so is a connection dropped
+// after it: under TLS 1.3 the dialer finishes its handshake before the
+// peer has checked the dialer's certificate, and a peer that refuses it
+// sends an alert and closes, which the dialer sees as a failed write or
+// read.
+func probeError(ctx context.Context, id, addr string, err error) error {
+	var ce *callError
+	var ne net.Error
+	timeout := ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout())
+	if !timeout && (errors.Is(err, errTLSHandshake) || (errors.As(err, &ce) && ce.sent)) {
+		return fmt.Errorf("%w: join %s: %s refused the TLS connection: %w", kv.ErrPermissionDenied, id, addr, err)
+	}
+	return fmt.Errorf("%w: join %s: cannot reach %s: %w", kv.ErrUnavailable, id, addr, err)
 }
 
 func (n *Node) removeLocal(ctx context.Context, id string) error {

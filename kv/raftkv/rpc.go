@@ -27,6 +27,7 @@ const (
 	rpcTimeToLive                      // Lease
 	rpcJoin                            // ID, Addr
 	rpcRemove                          // ID
+	rpcPing                            // nothing: proves the connection (Join's probe under TLS)
 )
 
 type rpcRequest struct {
@@ -248,6 +249,7 @@ func (n *Node) handle(req *rpcRequest) *rpcResponse {
 		err = n.joinLocal(ctx, req.ID, req.Addr)
 	case rpcRemove:
 		err = n.removeLocal(ctx, req.ID)
+	case rpcPing:
 	default:
 		err = fmt.Errorf("raftkv: unknown forwarded method %d", req.Method)
 	}

@@ -26,15 +26,12 @@ type testCA struct {
 	pool *x509.CertPool
 }
 
-var serial int64
-
 func newTestCA(t testing.TB, name string) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	noErr(t, err)
-	serial++
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
+		SerialNumber:          randSerial(t),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Minute),
 		NotAfter:              time.Now().Add(time.Hour),
@@ -57,9 +54,8 @@ func (ca *testCA) issue(t testing.TB, name string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	noErr(t, err)
-	serial++
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
+		SerialNumber: randSerial(t),
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    time.Now().Add(-time.Minute),
 		NotAfter:     time.Now().Add(time.Hour),
@@ -70,6 +66,12 @@ func (ca *testCA) issue(t testing.TB, name string) tls.Certificate {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	noErr(t, err)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func randSerial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	noErr(t, err)
+	return n
 }
 
 // config is a node's mutual-TLS config: its certificate from ca, and
@@ -132,13 +134,14 @@ func TestTLSCluster(t *testing.T) {
 			loopbackTimeouts, WithLogger(testLogger(t)), WithRequestTimeout(time.Second), WithTLS(other.config(t, "rogue")))
 		noErr(t, err)
 		defer func() { noErr(t, rogue.Close()) }()
-		// The join is a configuration entry the three healthy voters
-		// commit without the new one; what matters is that it never
-		// takes part.
-		jerr := ln.Join(ctx, rogue.ID(), rogue.Addr())
-		t.Logf("join of the rogue node: %v", jerr)
-		// The leader keeps dialing the new voter; wait until the rogue
-		// node has refused it, then check nothing got through.
+		// Joined through a follower: the leader probes the node, the
+		// handshake fails, and the refusal comes back forwarded.
+		err = fn.Join(ctx, rogue.ID(), rogue.Addr())
+		errIs(t, err, kv.ErrPermissionDenied, "join of a node with another CA's certificate")
+		t.Logf("join of the rogue node: %v", err)
+		cf := ln.raft.GetConfiguration()
+		noErr(t, cf.Error())
+		equal(t, len(cf.Configuration().Servers), 3, "members after the refused join")
 		eventually(t, func() bool { return rogue.mux.rejected.Load() > 0 }, "the rogue node refuses the leader's connection")
 		rev2, err := kv.Put(ctx, fn, "tls/b", []byte("2"))
 		noErr(t, err, "the cluster writes with the rogue voter down")
@@ -151,11 +154,28 @@ func TestTLSCluster(t *testing.T) {
 		// writes nothing.
 		_, err = kv.Put(ctx, rogue, "tls/rogue", nil)
 		check(t, err != nil, "a put through the rogue node succeeded")
-		if jerr == nil {
-			noErr(t, ln.Remove(ctx, rogue.ID()))
-		}
 		_, _, err = ln.Get(ctx, "tls/rogue")
 		errIs(t, err, kv.ErrKeyNotFound)
+	})
+
+	t.Run("joiners refused", func(t *testing.T) {
+		distrusting := ca.config(t, "distrusting")
+		distrusting.RootCAs = other.pool // a cluster certificate, but refuses the cluster's
+		for name, opt := range map[string]Option{
+			"distrusts the cluster": WithTLS(distrusting),
+			"plaintext":             WithLogger(testLogger(t)),
+		} {
+			j, err := Open(Config{ID: "j", Addr: "127.0.0.1:0", Dir: filepath.Join(t.TempDir(), "j")},
+				loopbackTimeouts, WithLogger(testLogger(t)), opt)
+			noErr(t, err, name)
+			err = ln.Join(ctx, j.ID(), j.Addr())
+			noErr(t, j.Close(), name)
+			errIs(t, err, kv.ErrPermissionDenied, name)
+			t.Logf("%s: %v", name, err)
+			cf := ln.raft.GetConfiguration()
+			noErr(t, cf.Error())
+			equal(t, len(cf.Configuration().Servers), 3, "members after the refused join of %s", name)
+		}
 	})
 
 	t.Run("rogue clients", func(t *testing.T) {
@@ -168,8 +188,17 @@ func TestTLSCluster(t *testing.T) {
 				return d.DialContext(dctx, "tcp", addr)
 			}
 		}
-		rogueCert := other.config(t, "rogue")
-		rogueCert.RootCAs = ca.pool // trusts the cluster: only its own certificate is wrong
+		// Trusts the cluster, so only its own certificate is wrong; sent
+		// even though the server asks for the cluster CA's.
+		rogueKey := other.issue(t, "rogue")
+		rogueCert := &tls.Config{RootCAs: ca.pool, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &rogueKey, nil
+		}}
+		// A peer that connects and never says anything holds only its
+		// own goroutine: the connections below are still served.
+		stalled, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		noErr(t, err)
+		defer stalled.Close()
 		for _, tc := range []struct {
 			name string
 			dial func() (net.Conn, error)
@@ -180,11 +209,14 @@ func TestTLSCluster(t *testing.T) {
 			{"no certificate", dialTLS(&tls.Config{RootCAs: ca.pool}), false},
 			{"cluster CA", dialTLS(ca.config(t, "client")), true},
 		} {
-			before := currentRev(t, ln)
+			before, rejected := currentRev(t, ln), ln.mux.rejected.Load()
 			key := "tls/" + tc.name
 			err := rawPut(tc.dial, key)
 			if !tc.ok {
 				check(t, err != nil, "%s: the forwarded put was answered", tc.name)
+				t.Logf("%s: %v", tc.name, err)
+				// Refused at the handshake, before the request was read.
+				eventually(t, func() bool { return ln.mux.rejected.Load() > rejected }, tc.name+": handshake refused")
 				_, _, gerr := ln.Get(ctx, key)
 				errIs(t, gerr, kv.ErrKeyNotFound, tc.name)
 				equal(t, currentRev(t, ln), before, "%s: revision moved", tc.name)
