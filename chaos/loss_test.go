@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/chanwatch/chanwatch/internal/netproxy"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/memkv"
+	"github.com/chanwatch/chanwatch/kv/raftkv"
 )
 
 // world is where the no-loss test runs: a backend for observers, and new
@@ -20,10 +22,12 @@ type world struct {
 	name string
 	obs  kv.Backend
 	// handle returns a new process's backend, a switch that cuts it off
-	// (true) or reconnects it (false), and its close.
+	// (true) or reconnects it (false; nil: the world cannot cut a
+	// process off), and its close.
 	handle func(t testing.TB) (kv.Backend, func(bool), func())
 	tm     timing
 	etcd   *etcdCluster // for member kills (long version), else nil
+	raft   *raftWorld   // for raftkv leader kills, else nil
 }
 
 func memWorld(t testing.TB, ttl time.Duration) *world {
@@ -102,18 +106,25 @@ func noLossTest(t *testing.T, w *world, steps int) {
 	awaitConvergence(t, r, w.obs, members(), l, w.tm.ttl, 30*time.Second, time.Now())
 
 	next := 100
+	storeKills := 0
+	canKill := w.raft != nil || w.etcd != nil && w.etcd.kill != nil
 	for step := range steps {
 		if !pace(ctx, jitter(rng, w.tm.ttl/4, w.tm.ttl)) {
 			return
 		}
-		switch k := rng.IntN(7); {
+		k := rng.IntN(7)
+		// Every run kills the store at least once where the world can.
+		if step == steps-1 && storeKills == 0 && canKill {
+			k = 3
+		}
+		switch {
 		case k == 0:
 			i := rng.IntN(len(nodes))
 			r.fault("step %d: node %s (id %d) killed", step, nodes[i].name, nodes[i].node.ID())
 			l.crash(nodes[i].name)
 			nodes[i].kill()
 			nodes[i] = newNode()
-		case k == 1:
+		case k == 1 && nodes[0].cut != nil:
 			i := rng.IntN(len(nodes))
 			r.fault("step %d: node %s (id %d) cut off for 1.5 TTL", step, nodes[i].name, nodes[i].node.ID())
 			nodes[i].cut(true)
@@ -131,6 +142,7 @@ func noLossTest(t *testing.T, w *world, steps int) {
 		case k == 3 && w.etcd != nil && w.etcd.kill != nil:
 			m := rng.IntN(w.etcd.members())
 			r.fault("step %d: etcd member %d SIGKILL", step, m)
+			storeKills++
 			if err := w.etcd.kill(m); err != nil {
 				t.Fatal(err)
 			}
@@ -139,6 +151,45 @@ func noLossTest(t *testing.T, w *world, steps int) {
 				t.Fatal(err)
 			}
 			r.note("etcd member %d restarted", m)
+		case k == 3 && w.raft != nil:
+			// The members embedded in the leader's process die with it.
+			host := w.raft.c.Leader()
+			if host < 0 {
+				continue
+			}
+			r.fault("step %d: raftkv leader %d killed with its members", step, host)
+			storeKills++
+			w.raft.rebindObs(t, host)
+			var deadNodes, deadCoords []int
+			for i, n := range nodes {
+				if w.raft.hostOf(n.b) == host {
+					r.note("node %s (id %d) dies with raftkv node %d", n.name, n.node.ID(), host)
+					l.crash(n.name)
+					n.kill()
+					deadNodes = append(deadNodes, i)
+				}
+			}
+			for i, c := range coords {
+				if w.raft.hostOf(c.b) == host {
+					r.note("coordinator %s dies with raftkv node %d", c.name, host)
+					c.kill()
+					deadCoords = append(deadCoords, i)
+				}
+			}
+			if err := w.raft.c.Kill(host); err != nil {
+				t.Fatal(err)
+			}
+			pace(ctx, jitter(rng, w.tm.ttl/2, 2*w.tm.ttl))
+			if err := w.raft.c.Restart(host); err != nil {
+				t.Fatal(err)
+			}
+			r.note("raftkv node %d restarted", host)
+			for _, i := range deadNodes {
+				nodes[i] = newNode()
+			}
+			for _, i := range deadCoords {
+				coords[i] = newCoord()
+			}
 		case k <= 4:
 			chs := channelNames(fmt.Sprintf("%s-%d-", w.name, next), 2)
 			next++
@@ -172,6 +223,9 @@ func noLossTest(t *testing.T, w *world, steps int) {
 		r.violate("the registry holds %d channels, the test registered %d", len(v.registered), len(registered))
 	}
 	r.figure("channels", len(registered))
+	if canKill {
+		r.figure("store_kills", storeKills)
+	}
 	for _, c := range coords {
 		c.stop()
 	}
@@ -181,12 +235,85 @@ func noLossTest(t *testing.T, w *world, steps int) {
 	l.figures()
 }
 
+// raftWorld places each process's handle on one node of a 3-node raftkv
+// cluster, round robin: a process embedded in that node's process.
+type raftWorld struct {
+	c    *raftkv.Cluster
+	root string
+
+	mu   sync.Mutex
+	next int
+	host map[kv.Backend]int
+	w    *world
+}
+
+func raftkvWorld(t testing.TB, ttl time.Duration) *world {
+	c, err := raftkv.StartCluster(t.TempDir(), 3, raftkv.WithUnsafeNoFsync(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	rw := &raftWorld{c: c, root: uniqueRoot(t), host: map[kv.Backend]int{}}
+	w := &world{name: "raftkv", tm: fastTiming(ttl), raft: rw}
+	rw.w = w
+	w.obs = rw.client(t, 0)
+	w.handle = func(t testing.TB) (kv.Backend, func(bool), func()) {
+		rw.mu.Lock()
+		i := rw.next % c.Len()
+		rw.next++
+		rw.mu.Unlock()
+		b := rw.client(t, i)
+		return b, nil, func() { _ = b.Close() }
+	}
+	return w
+}
+
+// client opens a handle on node i under the world's root.
+func (rw *raftWorld) client(t testing.TB, i int) kv.Backend {
+	t.Helper()
+	b, err := rw.c.Node(i).ClientAt(rw.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	rw.mu.Lock()
+	rw.host[b] = i
+	rw.mu.Unlock()
+	return b
+}
+
+func (rw *raftWorld) hostOf(b kv.Backend) int {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if i, ok := rw.host[b]; ok {
+		return i
+	}
+	return -1
+}
+
+// rebindObs moves the observer off node host, which is about to die (the
+// observer stands for the test, which no fault touches).
+func (rw *raftWorld) rebindObs(t testing.TB, host int) {
+	if rw.hostOf(rw.w.obs) == host {
+		rw.w.obs = rw.client(t, (host+1)%rw.c.Len())
+	}
+}
+
 func TestNoChannelLostMemkv(t *testing.T) {
 	noLossTest(t, memWorld(t, 500*time.Millisecond), scale(12, 120))
 }
 
 func TestNoChannelLostEtcd(t *testing.T) {
 	noLossTest(t, etcdWorld(t), scale(4, 60))
+}
+
+// TestNoChannelLostRaftkv: the no-loss test on a 3-node raftkv cluster,
+// every process embedded in one of its nodes. Faults: node kills,
+// coordinator kills, and the raftkv leader killed with every process
+// embedded in it, then restarted from its directory. raftkv has no way to
+// cut one handle off, so there are no partitions here.
+func TestNoChannelLostRaftkv(t *testing.T) {
+	noLossTest(t, raftkvWorld(t, time.Second), scale(8, 90))
 }
 
 var _ = rand.IntN
