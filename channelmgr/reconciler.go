@@ -100,10 +100,13 @@ func (r *reconciler) run(ctx context.Context) error {
 	defer func() { wcancel() }()
 	var rewatch <-chan time.Time
 	failures := 0
+	var lastPass time.Duration
 	for {
+		start := time.Now()
 		if err := r.pass(ctx); err != nil {
 			return err
 		}
+		lastPass = time.Since(start)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -113,6 +116,18 @@ func (r *reconciler) run(ctx context.Context) error {
 			wch, wcancel = r.watch(ctx)
 			r.rearm()
 		case resp, ok := <-wch:
+			// A pass walks every channel, so deciding after each small
+			// response would let a busy watch (thousands of acks) outrun
+			// the coordinator: keep folding for as long as the last pass
+			// took (capped), then decide once on the whole burst. The
+			// window is CPU time, not protocol time, so it runs on the real
+			// clock: a fake clock must not be able to stall it.
+			var window <-chan time.Time
+			var windowTimer *time.Timer
+			if w := min(lastPass, maxFoldWindow); w > 0 {
+				windowTimer = time.NewTimer(w)
+				window = windowTimer.C
+			}
 		drain:
 			for {
 				if !ok || resp.Err != nil {
@@ -145,17 +160,36 @@ func (r *reconciler) run(ctx context.Context) error {
 				}
 				failures = 0
 				r.fold(resp.Events)
-				// Take whatever else is ready before deciding: one pass
-				// for a burst of events.
+				// Take whatever else is ready, or arrives within the
+				// window, before deciding: one pass for a burst of events.
+				if window == nil {
+					select {
+					case resp, ok = <-wch:
+					default:
+						break drain
+					}
+					continue
+				}
 				select {
 				case resp, ok = <-wch:
-				default:
+				case <-window:
 					break drain
+				case <-ticker.Chan():
+					break drain // time moved on: check timeouts now
+				case <-ctx.Done():
+					return ctx.Err()
 				}
+			}
+			if windowTimer != nil {
+				windowTimer.Stop()
 			}
 		}
 	}
 }
+
+// maxFoldWindow caps how long the coordinator keeps folding watch events
+// before its next pass (see run): the delay it adds to any decision.
+const maxFoldWindow = 200 * time.Millisecond
 
 // watch watches the whole root from just after the view's revision.
 func (r *reconciler) watch(ctx context.Context) (kv.WatchChan, context.CancelFunc) {
