@@ -3,6 +3,7 @@ package chaos
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -140,16 +141,21 @@ func cliConverged(v conformance.View, nodes int) string {
 
 // TestDeposedCoordinatorProcess is TestDeposedCoordinatorCannotWrite with
 // real processes: bin/etcd, two `chanwatch coord` and three `chanwatch
-// node` daemons. The leading coordinator is SIGSTOPped for 2.5x its session
-// TTL while channels are registered and a node is SIGKILLed (work it will
-// want to do when it wakes); the other takes over; then it gets SIGCONT.
-// A conformance.Checker on its own client follows the root throughout: no
-// invariant breaks and the leaderships it sees never overlap. The old
-// leader's /metrics must show no successful txn after the resume: every
-// write it tried was rejected by its leader guard (fencing_rejections_total
-// grew), or it noticed its lost session first and wrote nothing.
+// node` daemons. The leading coordinator is SIGSTOPped a moment after a
+// channel is registered (so that a decision is in flight) and kept stopped
+// for 2.5x its session TTL while more channels are registered and a node is
+// SIGKILLed; the other takes over; then it gets SIGCONT. A
+// conformance.Checker on its own client follows the root throughout: no
+// invariant breaks and the leaderships never overlap. The old process's
+// JSON log, which names the revision of every write it committed, shows
+// none under its token at or after the takeover revision; its /metrics
+// show it no longer leads and how its txns answered after the resume ended
+// (committed before the takeover, or rejected by the leader guard:
+// fencing_rejections_total), or that it saw its leadership end first and
+// sent none.
 func TestDeposedCoordinatorProcess(t *testing.T) {
 	r := newReport(t)
+	rng := newRand(t)
 	const ttl = 2 * time.Second
 	etcd := etcdproc.NewForTest(t, scale(1, 3))
 	root := uniqueRoot(t)
@@ -222,6 +228,7 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	converge(time.Now())
 
 	var okAfter, fencedAfter, tried, silent float64
+	lateWrites := 0
 	for round := range scale(1, 5) {
 		leaderCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		s, token, err := session.Leader(leaderCtx, obs)
@@ -238,8 +245,9 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		if old == nil {
 			t.Fatalf("leader %q is none of the coordinators", s.ID)
 		}
-		// Pause a quiet leader: a txn answered after SIGSTOP would count
-		// in the metrics after SIGCONT although it landed before.
+		// Read the counters on a quiet leader, then give it work and
+		// freeze it a moment later, so that decisions are in flight
+		// (sent or about to be) when it stops.
 		var before coordMetrics
 		eventually(t, 10*time.Second, "the leader is quiet", func() bool {
 			m1 := old.metrics(t)
@@ -247,12 +255,15 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 			before = old.metrics(t)
 			return m1 == before && before.leader
 		})
-		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL; %s", round, old.id, token, before)
-		stopped := time.Now()
+		chs := channelNames(fmt.Sprintf("pd%c-", 'a'+round), 6)
+		registerChannels(t, obs, chs[0])
+		pace(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
 		old.signal(t, syscall.SIGSTOP)
+		stopped := time.Now()
+		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL just after a registration; %s", round, old.id, token, before)
 
-		// Work for the frozen leader: new channels, and a node crash.
-		registerChannels(t, obs, channelNames(fmt.Sprintf("pd%c-", 'a'+round), 4)...)
+		// More work for the frozen leader: channels, and a node crash.
+		registerChannels(t, obs, chs[1:]...)
 		victim := nodes[0]
 		r.fault("round %d: node %s SIGKILL", round, victim.name)
 		victim.kill(t)
@@ -281,12 +292,21 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		if after.leader {
 			r.violate("%s says it leads after %s took over", old.id, newID)
 		}
-		if d := after.ok - before.ok; d > 0 {
-			r.violate("deposed coordinator %s had %g txn(s) succeed after its resume", old.id, d)
-			okAfter += d
+		// Txns answered after the resume may have landed before the
+		// takeover (sent just before SIGSTOP); the process's log says at
+		// which revision each of its committed writes landed.
+		okAfter += after.ok - before.ok
+		writes, last := committedWrites(t, old.log, token)
+		for _, w := range writes {
+			if w.rev >= newToken {
+				lateWrites++
+				r.violate("deposed coordinator %s (token %d) committed %q on %s at revision %d, after %s took over at %d",
+					old.id, token, w.msg, w.ch, w.rev, newID, newToken)
+			}
 		}
+		r.note("%s's last write under token %d landed at revision %d; %s took over at %d", old.id, token, last, newID, newToken)
 		fencedAfter += after.fenced - before.fenced
-		if after.fenced > before.fenced || after.conflict > before.conflict || after.errs > before.errs {
+		if after.ok > before.ok || after.fenced > before.fenced || after.conflict > before.conflict || after.errs > before.errs {
 			tried++
 		} else {
 			silent++
@@ -306,16 +326,59 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	for _, v := range chk.Violations() {
 		r.violate("checker: %s", v)
 	}
-	r.figure("deposed_ok_after_resume", okAfter)
+	r.figure("deposed_ok_answered_after_resume", okAfter)
 	r.figure("deposed_fenced", fencedAfter)
-	r.figure("rounds_tried_write", tried)
-	r.figure("rounds_no_write", silent)
+	r.figure("deposed_late_writes", lateWrites)
+	r.figure("rounds_txn_after_resume", tried)
+	r.figure("rounds_no_txn", silent)
 	// Kept for the failure report (written only if the test fails).
 	for _, c := range coords {
 		if b, err := os.ReadFile(c.log); err == nil {
 			r.attach(c.id+".log", b)
 		}
 	}
+}
+
+// coordWrite is a committed write as a coordinator logged it.
+type coordWrite struct {
+	msg, ch string
+	rev     int64
+}
+
+// committedWrites reads a `chanwatch coord` JSON log for the writes it
+// committed under token (the lines that log a txn's response revision),
+// and the highest revision among them.
+func committedWrites(t testing.TB, path string, token int64) ([]coordWrite, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	var out []coordWrite
+	var last int64
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			Msg     string `json:"msg"`
+			Token   int64  `json:"token"`
+			Channel string `json:"channel"`
+			Rev     int64  `json:"revision"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Token != token {
+			continue
+		}
+		switch line.Msg {
+		case "assigned channel", "releasing channel", "deleted assignment", "channel remaining: no serving node":
+			out = append(out, coordWrite{msg: line.Msg, ch: line.Channel, rev: line.Rev})
+			last = max(last, line.Rev)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out, last
 }
 
 func coordByID(cs []*cliCoord, id string) *cliCoord {
