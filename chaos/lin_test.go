@@ -15,99 +15,17 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/chanwatch/chanwatch/internal/linearize"
 	"github.com/chanwatch/chanwatch/kv"
 )
 
-// The linearizability check: every key is an independent register with put,
-// get and compare-and-swap; every written value is unique, so a read names
-// the write it saw. A call that failed may or may not have applied (a
+// The linearizability check (internal/linearize's model): every key is an
+// independent register with put, get and compare-and-swap; every written
+// value is unique, so a read names the write it saw. A call that failed may or may not have applied (a
 // timeout, a lost leader, a reset connection): it is kept with an unknown
 // outcome and a return time at infinity, so porcupine may place it anywhere
 // after its call, or nowhere that anyone observed, as etcd's robustness
 // suite does.
-
-type linKind int
-
-const (
-	linPut linKind = iota + 1
-	linGet
-	linCAS
-)
-
-type linIn struct {
-	Kind   linKind
-	Key    string
-	Value  string // put, and a cas's new value
-	Expect string // cas
-}
-
-type linOut struct {
-	Unknown bool   // the call failed: it may or may not have applied
-	Value   string // get, and the value a failed cas read in its Else branch
-	Swapped bool
-}
-
-var linModel = porcupine.Model{
-	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, op := range h {
-			k := op.Input.(linIn).Key
-			byKey[k] = append(byKey[k], op)
-		}
-		out := make([][]porcupine.Operation, 0, len(byKey))
-		for _, k := range sortedKeys(byKey) {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
-	Step: func(state, input, output any) (bool, any) {
-		st, in, out := state.(string), input.(linIn), output.(linOut)
-		switch in.Kind {
-		case linPut:
-			return true, in.Value
-		case linGet:
-			return out.Value == st, st
-		case linCAS:
-			holds := st == in.Expect
-			if out.Unknown {
-				if holds {
-					return true, in.Value
-				}
-				return true, st
-			}
-			if out.Swapped != holds {
-				return false, st
-			}
-			if holds {
-				return true, in.Value
-			}
-			return out.Value == st, st
-		}
-		return false, st
-	},
-	DescribeOperation: func(input, output any) string {
-		in, out := input.(linIn), output.(linOut)
-		res := ""
-		switch {
-		case out.Unknown:
-			res = " -> ?"
-		case in.Kind == linGet:
-			res = fmt.Sprintf(" -> %q", out.Value)
-		case in.Kind == linCAS:
-			res = fmt.Sprintf(" -> %v %q", out.Swapped, out.Value)
-		}
-		switch in.Kind {
-		case linPut:
-			return fmt.Sprintf("put(%s,%s)%s", in.Key, in.Value, res)
-		case linGet:
-			return fmt.Sprintf("get(%s)%s", in.Key, res)
-		default:
-			return fmt.Sprintf("cas(%s,%s->%s)%s", in.Key, in.Expect, in.Value, res)
-		}
-	},
-	DescribeState: func(state any) string { return fmt.Sprintf("%q", state) },
-}
 
 // linWorkload says how many clients run how many operations on how many keys.
 type linWorkload struct {
@@ -140,17 +58,17 @@ func runLinWorkload(ctx context.Context, w linWorkload, rng *rand.Rand, clients 
 					return
 				}
 				key := fmt.Sprintf("lin/k%d", crng.IntN(w.keys))
-				in := linIn{Key: key}
+				in := linearize.Input{Key: key}
 				switch p := crng.IntN(10); {
 				case p < 4:
-					in.Kind = linPut
+					in.Kind = linearize.Put
 				case p < 8:
-					in.Kind = linGet
+					in.Kind = linearize.Get
 				default:
-					in.Kind = linCAS
+					in.Kind = linearize.CAS
 					in.Expect = last[key]
 				}
-				if in.Kind != linGet {
+				if in.Kind != linearize.Get {
 					in.Value = fmt.Sprintf("c%d-%d", c, seq.Add(1))
 				}
 				octx, cancel := context.WithTimeout(ctx, w.opTimeout)
@@ -160,17 +78,17 @@ func runLinWorkload(ctx context.Context, w linWorkload, rng *rand.Rand, clients 
 				cancel()
 				if err != nil {
 					pace(ctx, 10*time.Millisecond) // do not burn the budget on a dead server
-					if in.Kind == linGet {
+					if in.Kind == linearize.Get {
 						h.mu.Lock()
 						h.failed++
 						h.mu.Unlock()
 						continue
 					}
-					out, ret = linOut{Unknown: true}, math.MaxInt64
+					out, ret = linearize.Output{Unknown: true}, math.MaxInt64
 				}
 				switch {
 				case out.Unknown:
-				case in.Kind == linGet, in.Kind == linCAS && !out.Swapped:
+				case in.Kind == linearize.Get, in.Kind == linearize.CAS && !out.Swapped:
 					last[key] = out.Value
 				default:
 					last[key] = in.Value
@@ -188,17 +106,17 @@ func runLinWorkload(ctx context.Context, w linWorkload, rng *rand.Rand, clients 
 	return h
 }
 
-func linCall(ctx context.Context, b kv.KV, in linIn) (linOut, error) {
+func linCall(ctx context.Context, b kv.KV, in linearize.Input) (linearize.Output, error) {
 	switch in.Kind {
-	case linPut:
+	case linearize.Put:
 		_, err := kv.Put(ctx, b, in.Key, []byte(in.Value))
-		return linOut{}, err
-	case linGet:
+		return linearize.Output{}, err
+	case linearize.Get:
 		item, _, err := b.Get(ctx, in.Key)
 		if errors.Is(err, kv.ErrKeyNotFound) {
-			return linOut{}, nil
+			return linearize.Output{}, nil
 		}
-		return linOut{Value: string(item.Value)}, err
+		return linearize.Output{Value: string(item.Value)}, err
 	default:
 		// A missing key is "": compare version 0 rather than a value, which
 		// is never equal on a missing key.
@@ -208,12 +126,12 @@ func linCall(ctx context.Context, b kv.KV, in linIn) (linOut, error) {
 		}
 		r, err := b.Txn(ctx, kv.Txn{If: []kv.Cmp{cmp}, Then: []kv.Op{kv.OpPut(in.Key, []byte(in.Value))}, Else: []kv.Op{kv.OpGet(in.Key)}})
 		if err != nil {
-			return linOut{}, err
+			return linearize.Output{}, err
 		}
 		if r.Succeeded {
-			return linOut{Swapped: true}, nil
+			return linearize.Output{Swapped: true}, nil
 		}
-		out := linOut{}
+		out := linearize.Output{}
 		if len(r.Responses) == 1 && r.Responses[0].KV != nil {
 			out.Value = string(r.Responses[0].KV.Value)
 		}
@@ -226,10 +144,10 @@ func linCall(ctx context.Context, b kv.KV, in linIn) (linOut, error) {
 func checkLin(r *report, name string, h *linHistory, timeout time.Duration) porcupine.CheckResult {
 	ops := pruneUnobserved(h.ops)
 	sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
-	res, info := porcupine.CheckOperationsVerbose(linModel, ops, timeout)
+	res, info := porcupine.CheckOperationsVerbose(linearize.Model, ops, timeout)
 	if res != porcupine.Ok {
 		var buf bytes.Buffer
-		if err := porcupine.Visualize(linModel, info, &buf); err == nil {
+		if err := porcupine.Visualize(linearize.Model, info, &buf); err == nil {
 			r.attach(name+"-porcupine.html", buf.Bytes())
 		}
 		var lines bytes.Buffer
@@ -238,7 +156,7 @@ func checkLin(r *report, name string, h *linHistory, timeout time.Duration) porc
 			if op.Return != math.MaxInt64 {
 				ret = fmt.Sprint(op.Return)
 			}
-			fmt.Fprintf(&lines, "client=%d call=%d return=%s %s\n", op.ClientId, op.Call, ret, linModel.DescribeOperation(op.Input, op.Output))
+			fmt.Fprintf(&lines, "client=%d call=%d return=%s %s\n", op.ClientId, op.Call, ret, linearize.Model.DescribeOperation(op.Input, op.Output))
 		}
 		r.attach(name+"-operations.txt", lines.Bytes())
 	}
@@ -254,20 +172,20 @@ func checkLin(r *report, name string, h *linHistory, timeout time.Duration) porc
 func pruneUnobserved(ops []porcupine.Operation) []porcupine.Operation {
 	seen := map[string]bool{}
 	for _, op := range ops {
-		in, out := op.Input.(linIn), op.Output.(linOut)
+		in, out := op.Input.(linearize.Input), op.Output.(linearize.Output)
 		if out.Unknown {
 			continue
 		}
 		switch {
-		case in.Kind == linGet, in.Kind == linCAS && !out.Swapped:
+		case in.Kind == linearize.Get, in.Kind == linearize.CAS && !out.Swapped:
 			seen[out.Value] = true
-		case in.Kind == linCAS && out.Swapped:
+		case in.Kind == linearize.CAS && out.Swapped:
 			seen[in.Expect] = true
 		}
 	}
 	kept := make([]porcupine.Operation, 0, len(ops))
 	for _, op := range ops {
-		if op.Output.(linOut).Unknown && !seen[op.Input.(linIn).Value] {
+		if op.Output.(linearize.Output).Unknown && !seen[op.Input.(linearize.Input).Value] {
 			continue
 		}
 		kept = append(kept, op)
