@@ -3,7 +3,9 @@
 // ways; Blackhole holds every connection open and forwards nothing, as a
 // network partition does; Reset tears every connection down with a TCP RST
 // and refuses new ones the same way, as a crashed peer or a firewall reject
-// does.
+// does; HoldUp holds what the client sends while what the server sends still
+// reaches it, so that the client's requests are in flight for as long as the
+// test wants (a one-way delay).
 //
 // A blackhole stops the copying, not the sockets: bytes sent meanwhile wait
 // in the proxy's and the kernel's buffers and are delivered when the proxy

@@ -22,6 +22,11 @@ const (
 	Blackhole
 	// Reset sends a TCP RST on every open connection and on every new one.
 	Reset
+	// HoldUp holds the bytes the client sends (its requests) while still
+	// forwarding what the target sends back (answers, watch events): the
+	// client's writes are in flight and land when the proxy passes again,
+	// as after a one-way network delay.
+	HoldUp
 )
 
 func (m Mode) String() string {
@@ -32,6 +37,8 @@ func (m Mode) String() string {
 		return "blackhole"
 	case Reset:
 		return "reset"
+	case HoldUp:
+		return "hold-up"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
@@ -76,6 +83,9 @@ type Stats struct {
 	Accepted, Reset int
 	// Bytes forwarded client→target and target→client.
 	Up, Down int64
+	// Bytes read from the client (HeldUp) or the target (HeldDown) and
+	// held, not yet forwarded, right now.
+	HeldUp, HeldDown int64
 }
 
 // New listens on a free 127.0.0.1 port and forwards to target (host:port),
@@ -128,6 +138,9 @@ func (p *Proxy) Pass() { p.SetMode(Pass) }
 // Blackhole stops forwarding in both directions without closing anything.
 func (p *Proxy) Blackhole() { p.SetMode(Blackhole) }
 
+// HoldUp holds client→target bytes and forwards target→client ones.
+func (p *Proxy) HoldUp() { p.SetMode(HoldUp) }
+
 // Reset resets every open connection and, until the mode changes, every
 // new one.
 func (p *Proxy) Reset() { p.SetMode(Reset) }
@@ -140,7 +153,7 @@ func (p *Proxy) SetMode(m Mode) {
 		return
 	}
 	p.cfg.logger.Debug("netproxy mode", zap.String("target", p.target), zap.Stringer("from", p.mode), zap.Stringer("to", m))
-	if m != Pass && m != Blackhole && m != Reset {
+	if m != Pass && m != Blackhole && m != Reset && m != HoldUp {
 		panic(fmt.Sprintf("netproxy: unknown mode %d", int(m)))
 	}
 	// Wake every copier held by a blackhole so it re-reads the mode.
@@ -206,9 +219,9 @@ func (p *Proxy) untrack(c net.Conn) {
 	_ = c.Close()
 }
 
-// wait blocks while the proxy blackholes; it returns false when the proxy is
-// resetting or closed.
-func (p *Proxy) wait() bool {
+// wait blocks while the proxy holds traffic in direction up (client→target)
+// or down; it returns false when the proxy is resetting or closed.
+func (p *Proxy) wait(up bool) bool {
 	for {
 		p.mu.Lock()
 		gate, mode, closed := p.gate, p.mode, p.closed
@@ -216,7 +229,7 @@ func (p *Proxy) wait() bool {
 		if closed || mode == Reset {
 			return false
 		}
-		if mode == Pass {
+		if mode == Pass || mode == HoldUp && !up {
 			return true
 		}
 		<-gate
@@ -246,7 +259,7 @@ func (p *Proxy) serve(client net.Conn) {
 	defer p.untrack(client)
 	// A new connection during a blackhole is accepted (the SYN "got
 	// through" to the proxy's backlog) but not forwarded until it heals.
-	if !p.wait() {
+	if !p.wait(true) {
 		return
 	}
 	server, err := net.DialTimeout("tcp", p.target, p.cfg.dialTimeout)
@@ -269,25 +282,34 @@ func (p *Proxy) serve(client net.Conn) {
 	<-done
 }
 
+// count adds to the held and forwarded byte counters of one direction.
+func (p *Proxy) count(up bool, held, fwd int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if up {
+		p.stats.HeldUp += held
+		p.stats.Up += fwd
+	} else {
+		p.stats.HeldDown += held
+		p.stats.Down += fwd
+	}
+}
+
 // copy forwards src to dst, holding each chunk while the proxy blackholes.
 func (p *Proxy) copy(dst, src net.Conn, up bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			if !p.wait() {
+			p.count(up, int64(n), 0)
+			if !p.wait(up) {
 				return
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write(buf[:n])
+			p.count(up, -int64(n), int64(n))
+			if werr != nil {
 				return
 			}
-			p.mu.Lock()
-			if up {
-				p.stats.Up += int64(n)
-			} else {
-				p.stats.Down += int64(n)
-			}
-			p.mu.Unlock()
 		}
 		if err != nil {
 			return // EOF or a reset: serve closes both sides

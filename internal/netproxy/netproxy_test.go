@@ -152,3 +152,100 @@ func TestCloseEndsBlackholedConns(t *testing.T) {
 		t.Fatal("New with empty target succeeded")
 	}
 }
+
+// TestHoldUp: the client's bytes wait in the proxy while the target's still
+// reach the client; passing again delivers the held ones.
+func TestHoldUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 4)
+	push := make(chan string, 4)
+	done := make(chan struct{})
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		go func() {
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				got <- line
+			}
+		}()
+		for msg := range push {
+			if _, err := c.Write([]byte(msg)); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { close(push) })
+
+	p, err := New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, r := dial(t, p)
+	if _, err := c.Write([]byte("one\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line := <-got; line != "one\n" {
+		t.Fatalf("pass: server got %q", line)
+	}
+
+	p.HoldUp()
+	if p.Mode() != HoldUp || p.Mode().String() != "hold-up" {
+		t.Fatalf("mode %v", p.Mode())
+	}
+	if _, err := c.Write([]byte("two\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Downstream flows while upstream is held.
+	push <- "event\n"
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "event\n" {
+		t.Fatalf("hold-up: client read %q, %v", line, err)
+	}
+	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 4 })
+	select {
+	case line := <-got:
+		t.Fatalf("hold-up delivered %q upstream", line)
+	default:
+	}
+
+	p.Pass()
+	select {
+	case line := <-got:
+		if line != "two\n" {
+			t.Fatalf("after pass: %q", line)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("held bytes not delivered after pass")
+	}
+	// The counters move just after each write.
+	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 0 && s.HeldDown == 0 && s.Up == 8 && s.Down == 6 })
+}
+
+// waitStats polls p's counters until ok holds, failing after 5s.
+func waitStats(t *testing.T, p *Proxy, ok func(Stats) bool) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !ok(p.Stats()) {
+		select {
+		case <-deadline:
+			t.Fatalf("stats %+v", p.Stats())
+		case <-tick.C:
+		}
+	}
+}
