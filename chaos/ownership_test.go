@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/internal/netproxy"
 	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/kv/raftkv"
+	"github.com/chanwatch/chanwatch/nodewatch"
 )
 
 // TestNoDoubleOwnershipPartition: a node cut from etcd by the proxy for 1.5x
@@ -128,7 +131,7 @@ func TestNoDoubleOwnershipPause(t *testing.T) {
 func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 	r := newReport(t)
 	l := newLedger(r)
-	c := startRaft(t, 3)
+	c := startRaft(t, 3, raftkv.WithLogger(r.logger("raftkv")))
 	root := uniqueRoot(t)
 	tm := fastTiming(time.Second)
 	lead := c.leader()
@@ -145,11 +148,11 @@ func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 		return b
 	}
 	obs := handle(lead)
-	coord := startCoord(t, "coord", handle(lead), func() {}, tm)
+	coord := startCoord(t, "coord", handle(lead), func() {}, tm, channelmgr.WithLogger(r.logger("coord")))
 	defer coord.stop()
-	cut := startNode(t, l, "cut", handle(follower), func() {}, tm)
+	cut := startNode(t, l, "cut", handle(follower), func() {}, tm, nodewatch.WithLogger(r.logger("cut")))
 	defer cut.stop()
-	ok := startNode(t, l, "ok", handle(lead), func() {}, tm)
+	ok := startNode(t, l, "ok", handle(lead), func() {}, tm, nodewatch.WithLogger(r.logger("ok")))
 	defer ok.stop()
 
 	nodes := []*member{cut, ok}

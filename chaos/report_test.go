@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // scale picks the short or the long (chaos tag) value of a parameter.
@@ -38,11 +42,12 @@ type report struct {
 	reconv     float64 // worst time to reconverge, in lease TTLs
 	timeline   []string
 	files      map[string][]byte
+	logs       map[string]*lockedBuffer
 	extra      []string // extra key=value figures
 }
 
 func newReport(t *testing.T) *report {
-	r := &report{t: t, start: time.Now(), files: map[string][]byte{}}
+	r := &report{t: t, start: time.Now(), files: map[string][]byte{}, logs: map[string]*lockedBuffer{}}
 	t.Cleanup(r.finish)
 	return r
 }
@@ -138,6 +143,7 @@ func (r *report) finish() {
 	failed := r.t.Failed()
 	timeline := strings.Join(r.timeline, "\n") + "\n"
 	files := r.files
+	logs := r.logs
 	r.mu.Unlock()
 	// The figure line goes to stdout, where `go test -v` (make chaos) shows
 	// it on a line of its own.
@@ -155,6 +161,12 @@ func (r *report) finish() {
 	write("timeline.txt", []byte(timeline))
 	for name, data := range files {
 		write(name, data)
+	}
+	for name, buf := range logs {
+		write(name, buf.bytes())
+	}
+	if st, ok := stacksAtFailure.LoadAndDelete(r.t); ok {
+		write("goroutines-at-timeout.txt", st.([]byte))
 	}
 	buf := make([]byte, 1<<20)
 	write("goroutines.txt", buf[:runtime.Stack(buf, true)])
@@ -206,8 +218,47 @@ func newRand(t *testing.T) *rand.Rand {
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	if !poll(d, cond) {
+		keepStacks(t)
 		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
+}
+
+// stacksAtFailure holds, per test, every goroutine's stack taken when a
+// wait timed out: by the time the report is written, the test's deferred
+// stops have ended the goroutines that were stuck.
+var stacksAtFailure sync.Map // testing.TB -> []byte
+
+func keepStacks(t testing.TB) {
+	buf := make([]byte, 4<<20)
+	stacksAtFailure.Store(t, buf[:runtime.Stack(buf, true)])
+}
+
+// logger returns a debug-level JSON logger whose lines go to the failure
+// report (as <name>.log), never to the test output.
+func (r *report) logger(name string) *zap.Logger {
+	buf := &lockedBuffer{}
+	r.mu.Lock()
+	r.logs[name+".log"] = buf
+	r.mu.Unlock()
+	enc := zapcore.NewJSONEncoder(zap.NewDevelopmentEncoderConfig())
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(buf), zapcore.DebugLevel)).Named(name)
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]byte(nil), b.buf.Bytes()...)
 }
 
 // poll polls cond every 5ms until it holds (true) or d passes (false).
