@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"context"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,10 +125,11 @@ func TestNoDoubleOwnershipPause(t *testing.T) {
 
 // TestNoDoubleOwnershipPartitionRaftkv is the partition test on a 3-node
 // raftkv cluster: the node "cut" runs embedded in a follower whose inbound
-// traffic is blackholed for 1.5x the lease TTL (the leader's appends and
-// the answers to what it forwards stop reaching it), while the coordinator
-// and the node "ok" run on the leader. The cut node must stop its channels
-// before they are reassigned, and come back under a new ID.
+// traffic (the leader's appends and heartbeats) is blackholed for 1.5x the
+// lease TTL, or longer, until the leader has expired the node's lease,
+// while the coordinator and the node "ok" run on the leader. The cut node
+// must stop its channels before they are reassigned, and come back under a
+// new ID.
 func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 	r := newReport(t)
 	l := newLedger(r)
@@ -167,12 +169,26 @@ func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 			continue
 		}
 		oldID := cut.node.ID()
-		r.fault("round %d: node cut (id %d) on raftkv follower %d, inbound blackholed for 1.5 TTL (%v)", round, oldID, follower, 3*tm.ttl/2)
+		r.fault("round %d: node cut (id %d) on raftkv follower %d, inbound blackholed for 1.5 TTL (%v) or until it is evicted", round, oldID, follower, 3*tm.ttl/2)
 		c.proxies[follower].Blackhole()
+		cutAt := time.Now()
 		pace(testCtx(t), 3*tm.ttl/2)
+		// The partition is one-way: until the follower's raft notices
+		// that no heartbeat comes (and forgets the leader), it still
+		// forwards the node's keep-alives, and the answers come back on
+		// its own connections. So 1.5 TTL from the cut may not end the
+		// node's lease (a slow machine saw 0.9s, under a 1s TTL, before
+		// the follower began an election); hold the partition until the
+		// leader has expired the lease and the registry key is gone.
+		eventually(t, 20*tm.ttl, "node cut evicted during the partition", func() bool {
+			ctx, cancel := context.WithTimeout(testCtx(t), tm.ttl)
+			defer cancel()
+			v, err := readView(ctx, obs)
+			return err == nil && !v.live[oldID]
+		})
 		c.proxies[follower].Pass()
 		healed := time.Now()
-		r.note("healed")
+		r.note("healed after %v", healed.Sub(cutAt).Round(time.Millisecond))
 		eventually(t, 30*time.Second, "node cut re-registered", func() bool { return cut.node.ID() > oldID })
 		awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, healed)
 	}
