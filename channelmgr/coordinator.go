@@ -174,8 +174,10 @@ type leader interface {
 var errLeadershipLost = errors.New("channelmgr: leadership lost")
 
 // lead runs the decision loop until leadership or ctx ends. Leadership loss
-// cancels the loop's context at once, so even a call in flight returns
-// promptly; Guard keeps anything that still lands out.
+// cancels the loop's context at once; a write in flight gets a grace of one
+// session TTL to learn its outcome (so that a rejection by the leader guard
+// is counted and logged as one), and Guard keeps anything that still lands
+// out.
 func (c *Coordinator) lead(ctx context.Context, l leader) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -194,7 +196,9 @@ func (c *Coordinator) lead(ctx context.Context, l leader) error {
 		case <-lctx.Done():
 		}
 	}()
-	err := newReconciler(c, l).run(lctx)
+	r := newReconciler(c, l)
+	r.outer = ctx
+	err := r.run(lctx)
 	cancel()
 	<-stopped
 	c.leading.Store(false)

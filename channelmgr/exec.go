@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
+	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 )
 
@@ -113,11 +115,43 @@ func permanent(err error) bool {
 
 func isLeaseGone(err error) bool { return errors.Is(err, kv.ErrLeaseNotFound) }
 
+// txn sends t. If the term ends (ctx) while t is in flight, the call goes on
+// for up to a session TTL on the clock, so that its answer (most likely a
+// rejection by the leader guard, when a successor took over while this
+// process was paused or cut off) is seen, counted and logged rather than
+// lost to a cancel; the end of Run's context still cancels it at once.
+func (r *reconciler) txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	outer := r.outer
+	if outer == nil {
+		outer = ctx
+	}
+	tctx, cancel := context.WithCancel(outer)
+	defer cancel()
+	var mu sync.Mutex
+	var grace clockwork.Timer
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if tctx.Err() == nil {
+			grace = r.clock.AfterFunc(r.cfg.sessionTTL, cancel)
+		}
+	})
+	defer func() {
+		stop()
+		mu.Lock()
+		if grace != nil {
+			grace.Stop()
+		}
+		mu.Unlock()
+	}()
+	return r.b.Txn(tctx, t)
+}
+
 // exec sends one batch and records the outcome on its channels. It returns
 // an error only when the term must end: ctx done, backend closed, or the
 // txn showed that another coordinator leads.
 func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
-	resp, err := r.b.Txn(ctx, b.txn)
+	resp, err := r.txn(ctx, b.txn)
 	m := r.c.m
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/memkv"
@@ -341,5 +342,120 @@ func TestConsistentHashPolicy(t *testing.T) {
 		if as[ch].node != want[i] {
 			t.Fatalf("%s on node %d, ring owner %d", ch, as[ch].node, want[i])
 		}
+	}
+}
+
+// heldTxns is a backend whose Txns, once armed, wait until let() (or their
+// context ends) before they go out: a write in flight across a pause.
+type heldTxns struct {
+	kv.Backend
+	mu      sync.Mutex
+	armed   bool
+	entered chan struct{} // gets one value per held txn
+	gate    chan struct{}
+}
+
+func (b *heldTxns) arm() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.armed, b.entered, b.gate = true, make(chan struct{}, 16), make(chan struct{})
+}
+
+func (b *heldTxns) let() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.armed = false
+	close(b.gate)
+}
+
+func (b *heldTxns) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	b.mu.Lock()
+	armed, entered, gate := b.armed, b.entered, b.gate
+	b.mu.Unlock()
+	if armed {
+		entered <- struct{}{}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return kv.TxnResponse{}, fmt.Errorf("%w: held: %w", kv.ErrUnknownOutcome, ctx.Err())
+		}
+	}
+	return b.Backend.Txn(ctx, t)
+}
+
+// TestTxnInFlightWhenDeposed: a coordinator's write is in flight when its
+// leadership ends and a successor takes over. The write still gets its
+// answer (for up to a session TTL): the leader guard rejects it, and the
+// rejection is counted and logged rather than lost to a cancel. A write
+// that never answers is given up after the TTL.
+func TestTxnInFlightWhenDeposed(t *testing.T) {
+	for _, answers := range []bool{true, false} {
+		t.Run(fmt.Sprintf("answers=%v", answers), func(t *testing.T) {
+			h := newHarness(t)
+			h.addNode()
+			token, err := kv.Put(h.ctx, h.kv, meta.CoordinatorKey, []byte(`{"v":1,"id":"old"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := &heldTxns{Backend: h.kv.NewClient()}
+			c, err := New(b, h.coordOptions()...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			ended := make(chan error, 1)
+			go func() { ended <- c.lead(h.ctx, fakeLeader{token: token, done: done}) }()
+			h.eventually("leading", c.IsLeader)
+
+			b.arm()
+			h.register(1, "x")
+			select {
+			case <-b.entered:
+			case <-time.After(waitFor):
+				t.Fatal("no txn for the new channel")
+			}
+			// A successor takes over while the write is held.
+			if _, _, err := kv.Delete(h.ctx, h.kv, meta.CoordinatorKey); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(h.ctx, h.kv, meta.CoordinatorKey, []byte(`{"v":1,"id":"new"}`)); err != nil {
+				t.Fatal(err)
+			}
+			close(done)
+			h.eventually("stepped down", func() bool { return !c.IsLeader() })
+			if answers {
+				b.let()
+			}
+			var lerr error
+			h.eventually("lead returned", func() bool {
+				select {
+				case lerr = <-ended:
+					return true
+				default:
+				}
+				if !answers {
+					// The grace runs on the clock (one session TTL) from
+					// when the term's context ended.
+					h.clk.Advance(coordTTL)
+				}
+				return false
+			})
+			if !errors.Is(lerr, errLeadershipLost) {
+				t.Fatalf("lead = %v, want errLeadershipLost", lerr)
+			}
+			want := 0.0
+			if answers {
+				want = 1
+			}
+			if got := testutil.ToFloat64(c.m.fenced); got != want {
+				t.Fatalf("fencing rejections = %v, want %v", got, want)
+			}
+			if as := h.assignments(); len(as) != 0 {
+				t.Fatalf("deposed coordinator wrote %v", as)
+			}
+			if !answers {
+				b.let()
+			}
+		})
 	}
 }

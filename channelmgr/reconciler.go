@@ -14,6 +14,10 @@ import (
 // reconciler is one leadership term's decision loop. Everything in it is
 // owned by the goroutine running run: no locks.
 type reconciler struct {
+	// outer is the context of the whole Run: a txn in flight when the
+	// term ends still waits for its answer under it (see exec).
+	outer context.Context
+
 	c     *Coordinator
 	cfg   *config
 	b     kv.Backend
