@@ -16,6 +16,7 @@ import (
 
 	"github.com/chanwatch/chanwatch/conformance"
 	"github.com/chanwatch/chanwatch/internal/etcdproc"
+	"github.com/chanwatch/chanwatch/internal/netproxy"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
 	"github.com/chanwatch/chanwatch/meta"
@@ -84,10 +85,21 @@ func scrapeCoord(ctx context.Context, addr string) (coordMetrics, error) {
 	return m, nil
 }
 
-// cliCoord is a `chanwatch coord` process and its /metrics address.
+// cliCoord is a `chanwatch coord` process, its /metrics address, and the
+// proxies it reaches etcd through (one per member).
 type cliCoord struct {
 	*proc
 	id, http string
+	proxies  []*netproxy.Proxy
+}
+
+// heldUp is how many bytes the coordinator sent that its proxies hold.
+func (c *cliCoord) heldUp() int64 {
+	var n int64
+	for _, p := range c.proxies {
+		n += p.Stats().HeldUp
+	}
+	return n
 }
 
 func (c *cliCoord) metrics(t testing.TB) coordMetrics {
@@ -188,15 +200,27 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	}()
 
 	bin := chanwatchBin(t)
-	global := []string{"--endpoints", eps, "--root", root, "--log-format", "json"}
+	common := []string{"--root", root, "--log-format", "json"}
+	global := append([]string{"--endpoints", eps}, common...)
 	seq := 0
 	startCoordProc := func() *cliCoord {
 		seq++
 		id, addr := fmt.Sprintf("c%d", seq), freePort(t)
-		p := startExe(t, bin, id, append([]string{"coord"}, append(global, "--id", id, "--http", addr,
+		var proxies []*netproxy.Proxy
+		var peps []string
+		for _, ep := range etcd.Endpoints() {
+			px, err := netproxy.New(strings.TrimPrefix(ep, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = px.Close() })
+			proxies = append(proxies, px)
+			peps = append(peps, "http://"+px.Addr())
+		}
+		p := startExe(t, bin, id, append([]string{"coord", "--endpoints", strings.Join(peps, ",")}, append(common, "--id", id, "--http", addr,
 			"--session-ttl", ttl.String(), "--node-ttl", ttl.String(),
 			"--watch-timeout", (3*ttl).String(), "--release-timeout", (3*ttl).String())...)...)
-		return &cliCoord{proc: p, id: id, http: addr}
+		return &cliCoord{proc: p, id: id, http: addr, proxies: proxies}
 	}
 	startNodeProc := func() *proc {
 		seq++
@@ -227,9 +251,15 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	}
 	converge(time.Now())
 
-	var okAfter, fencedAfter, tried, silent float64
-	lateWrites := 0
-	for round := range scale(1, 5) {
+	var okAfter, fencedAfter, heldFenced, tried, silent float64
+	lateWrites, heldRounds, heldTxns := 0, 0, 0
+	for round := range scale(2, 6) {
+		// Odd rounds hold what the leader sends from just before the
+		// registration until after the takeover (its proxies pass again
+		// while it is still stopped): its decision is in flight during the
+		// whole stop and reaches etcd after the new leader's first write,
+		// where the leader guard must reject it.
+		hold := round%2 == 1
 		leaderCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		s, token, err := session.Leader(leaderCtx, obs)
 		cancel()
@@ -256,11 +286,27 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 			return m1 == before && before.leader
 		})
 		chs := channelNames(fmt.Sprintf("pd%c-", 'a'+round), 6)
+		held0, txnHeld := int64(0), false
+		if hold {
+			setMode(old.proxies, netproxy.HoldUp)
+			held0 = old.heldUp()
+		}
 		registerChannels(t, obs, chs[0])
-		pace(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
+		if hold {
+			// A txn is far larger than the keep-alives and window updates
+			// the process also sends: wait until one is held.
+			txnHeld = poll(3*time.Second, func() bool { return old.heldUp()-held0 >= 150 })
+			r.note("round %d: %d bytes held from %s (txn held: %v)", round, old.heldUp()-held0, old.id, txnHeld)
+			heldRounds++
+			if txnHeld {
+				heldTxns++
+			}
+		} else {
+			pace(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
+		}
 		old.signal(t, syscall.SIGSTOP)
 		stopped := time.Now()
-		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL just after a registration; %s", round, old.id, token, before)
+		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL just after a registration (its writes held: %v); %s", round, old.id, token, hold, before)
 
 		// More work for the frozen leader: channels, and a node crash.
 		registerChannels(t, obs, chs[1:]...)
@@ -280,6 +326,10 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		})
 		r.figure(fmt.Sprintf("takeover%d", round), fmt.Sprintf("%.2fxTTL", float64(time.Since(stopped))/float64(ttl)))
 		pace(ctx, 5*ttl/2-time.Since(stopped))
+		if hold {
+			r.note("%s leads with token %d; %s's %d held bytes go out", newID, newToken, old.id, old.heldUp())
+			setMode(old.proxies, netproxy.Pass)
+		}
 		r.note("%s leads with token %d; SIGCONT %s", newID, newToken, old.id)
 		old.signal(t, syscall.SIGCONT)
 		resumed := time.Now()
@@ -306,6 +356,21 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		}
 		r.note("%s's last write under token %d landed at revision %d; %s took over at %d", old.id, token, last, newID, newToken)
 		fencedAfter += after.fenced - before.fenced
+		if hold {
+			heldFenced += after.fenced - before.fenced
+			// The held txn reached etcd after the takeover and its answer
+			// was waiting when the process woke: the coordinator must have
+			// seen the leader guard reject it.
+			if txnHeld && after.fenced == before.fenced {
+				r.violate("deposed coordinator %s: its held txn got no leader-guard rejection (%s)", old.id, after)
+			}
+			// Everything it sent after its proxies began to hold reached
+			// etcd after the takeover: not one txn may have succeeded.
+			if after.ok > before.ok {
+				r.violate("deposed coordinator %s: %g txn(s) it sent while held succeeded after %s took over",
+					old.id, after.ok-before.ok, newID)
+			}
+		}
 		if after.ok > before.ok || after.fenced > before.fenced || after.conflict > before.conflict || after.errs > before.errs {
 			tried++
 		} else {
@@ -331,6 +396,9 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	r.figure("deposed_late_writes", lateWrites)
 	r.figure("rounds_txn_after_resume", tried)
 	r.figure("rounds_no_txn", silent)
+	r.figure("held_rounds", heldRounds)
+	r.figure("held_txns", heldTxns)
+	r.figure("held_fenced", heldFenced)
 	// Kept for the failure report (written only if the test fails).
 	for _, c := range coords {
 		if b, err := os.ReadFile(c.log); err == nil {
