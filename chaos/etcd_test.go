@@ -36,20 +36,7 @@ func (c *etcdCluster) client(t testing.TB, proxied bool) (*clientv3.Client, []*n
 	eps := c.endpoints
 	var proxies []*netproxy.Proxy
 	if proxied {
-		eps = nil
-		for _, ep := range c.endpoints {
-			u, err := url.Parse(ep)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := netproxy.New(u.Host)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = p.Close() })
-			proxies = append(proxies, p)
-			eps = append(eps, u.Scheme+"://"+p.Addr())
-		}
+		eps, proxies = c.proxied(t)
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            eps,
@@ -63,6 +50,28 @@ func (c *etcdCluster) client(t testing.TB, proxied bool) (*clientv3.Client, []*n
 	}
 	t.Cleanup(func() { _ = cli.Close() })
 	return cli, proxies
+}
+
+// proxied puts a proxy of its own in front of every member and returns the
+// proxies' endpoint URLs, for a client (or a process) the test can cut off.
+func (c *etcdCluster) proxied(t testing.TB) ([]string, []*netproxy.Proxy) {
+	t.Helper()
+	var eps []string
+	var proxies []*netproxy.Proxy
+	for _, ep := range c.endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := netproxy.New(u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+		proxies = append(proxies, p)
+		eps = append(eps, u.Scheme+"://"+p.Addr())
+	}
+	return eps, proxies
 }
 
 // backend wraps cli into an etcdkv backend on root.

@@ -220,6 +220,24 @@ func (l *ledger) runningIDs() map[string]int64 {
 	return out
 }
 
+// maxID is the highest node ID node has run a channel under (0: none).
+func (l *ledger) maxID(node string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var id int64
+	for _, m := range l.open {
+		if iv := m[node]; iv != nil {
+			id = max(id, iv.id)
+		}
+	}
+	for _, iv := range l.done {
+		if iv.node == node {
+			id = max(id, iv.id)
+		}
+	}
+	return id
+}
+
 // openOf counts node's open intervals.
 func (l *ledger) openOf(node string) int {
 	l.mu.Lock()
