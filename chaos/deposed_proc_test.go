@@ -253,13 +253,18 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 
 	var okAfter, fencedAfter, heldFenced, tried, silent float64
 	lateWrites, heldRounds, heldTxns := 0, 0, 0
-	for round := range scale(2, 6) {
-		// Odd rounds hold what the leader sends from just before the
-		// registration until after the takeover (its proxies pass again
-		// while it is still stopped): its decision is in flight during the
-		// whole stop and reaches etcd after the new leader's first write,
-		// where the leader guard must reject it.
-		hold := round%2 == 1
+	cutRounds := 0
+	for round := range scale(3, 6) {
+		// Rounds of three kinds. 0: SIGSTOP. 1: SIGSTOP, and the proxies
+		// hold what the leader sends from just before the registration
+		// until after the takeover (they pass again while it is still
+		// stopped): its decision is in flight during the whole stop and
+		// reaches etcd after the new leader's first write, where the
+		// leader guard must reject it. 2: no SIGSTOP; the proxies cut the
+		// running leader off etcd (blackhole): it must see its session
+		// fence and stop leading before the standby takes over.
+		hold, cut := round%3 == 1, round%3 == 2
+		var atCut coordMetrics
 		leaderCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		s, token, err := session.Leader(leaderCtx, obs)
 		cancel()
@@ -295,7 +300,7 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		if hold {
 			// A txn is far larger than the keep-alives and window updates
 			// the process also sends: wait until one is held.
-			txnHeld = poll(3*time.Second, func() bool { return old.heldUp()-held0 >= 150 })
+			txnHeld = poll(ttl/2, func() bool { return old.heldUp()-held0 >= 150 })
 			r.note("round %d: %d bytes held from %s (txn held: %v)", round, old.heldUp()-held0, old.id, txnHeld)
 			heldRounds++
 			if txnHeld {
@@ -304,9 +309,18 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		} else {
 			pace(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
 		}
-		old.signal(t, syscall.SIGSTOP)
+		if cut {
+			pace(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
+			setMode(old.proxies, netproxy.Blackhole)
+			// A txn answered before the cut is a legitimate write.
+			atCut = old.metrics(t)
+			cutRounds++
+			r.fault("round %d: leader %s (token %d) cut off etcd for 2.5 TTL just after a registration; %s", round, old.id, token, before)
+		} else {
+			old.signal(t, syscall.SIGSTOP)
+			r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL just after a registration (its writes held: %v); %s", round, old.id, token, hold, before)
+		}
 		stopped := time.Now()
-		r.fault("round %d: leader %s (token %d) SIGSTOP for 2.5 TTL just after a registration (its writes held: %v); %s", round, old.id, token, hold, before)
 
 		// More work for the frozen leader: channels, and a node crash.
 		registerChannels(t, obs, chs[1:]...)
@@ -325,13 +339,27 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 			return err == nil && s.ID != old.id
 		})
 		r.figure(fmt.Sprintf("takeover%d", round), fmt.Sprintf("%.2fxTTL", float64(time.Since(stopped))/float64(ttl)))
+		if cut {
+			// Running but cut off, the old leader fenced itself (its
+			// session's deadline comes a margin before the lease's
+			// expiry): it no longer claims to lead.
+			if m := old.metrics(t); m.leader {
+				r.violate("cut-off coordinator %s still leads after %s took over (%s)", old.id, newID, m)
+			}
+		}
 		pace(ctx, 5*ttl/2-time.Since(stopped))
-		if hold {
+		switch {
+		case cut:
+			r.note("%s leads with token %d; %s's proxies pass again", newID, newToken, old.id)
+			setMode(old.proxies, netproxy.Pass)
+		case hold:
 			r.note("%s leads with token %d; %s's %d held bytes go out", newID, newToken, old.id, old.heldUp())
 			setMode(old.proxies, netproxy.Pass)
 		}
-		r.note("%s leads with token %d; SIGCONT %s", newID, newToken, old.id)
-		old.signal(t, syscall.SIGCONT)
+		if !cut {
+			r.note("%s leads with token %d; SIGCONT %s", newID, newToken, old.id)
+			old.signal(t, syscall.SIGCONT)
+		}
 		resumed := time.Now()
 		converge(resumed)
 		// Give the old process a TTL more to act on what it saw while
@@ -356,6 +384,10 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 		}
 		r.note("%s's last write under token %d landed at revision %d; %s took over at %d", old.id, token, last, newID, newToken)
 		fencedAfter += after.fenced - before.fenced
+		if cut && after.ok > atCut.ok {
+			r.violate("cut-off coordinator %s: %g txn(s) answered after it was cut off succeeded",
+				old.id, after.ok-atCut.ok)
+		}
 		if hold {
 			heldFenced += after.fenced - before.fenced
 			// The held txn reached etcd after the takeover and its answer
@@ -399,7 +431,12 @@ func TestDeposedCoordinatorProcess(t *testing.T) {
 	r.figure("held_rounds", heldRounds)
 	r.figure("held_txns", heldTxns)
 	r.figure("held_fenced", heldFenced)
-	// Kept for the failure report (written only if the test fails).
+	r.figure("cut_rounds", cutRounds)
+	if heldRounds > 0 && heldTxns == 0 {
+		r.violate("no held round caught a txn in flight: the leader guard's rejection went untested")
+	}
+	// Kept for the report (written if the test fails, or with
+	// CHANWATCH_KEEP_REPORT set).
 	for _, c := range coords {
 		if b, err := os.ReadFile(c.log); err == nil {
 			r.attach(c.id+".log", b)

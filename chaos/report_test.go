@@ -148,7 +148,7 @@ func (r *report) finish() {
 	// The figure line goes to stdout, where `go test -v` (make chaos) shows
 	// it on a line of its own.
 	fmt.Println(line)
-	if !failed {
+	if !failed && os.Getenv("CHANWATCH_KEEP_REPORT") == "" {
 		return
 	}
 	dir := reportDir(r.t)

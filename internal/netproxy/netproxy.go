@@ -295,24 +295,98 @@ func (p *Proxy) count(up bool, held, fwd int64) {
 	}
 }
 
-// copy forwards src to dst, holding each chunk while the proxy blackholes.
+// copy forwards src to dst, holding what it reads while the proxy holds
+// that direction. A reader goroutine keeps draining src meanwhile, so that
+// HeldUp and HeldDown count every byte sent into the hold, not just the
+// first chunk (the rest would wait, uncounted, in the kernel's buffers).
 func (p *Proxy) copy(dst, src net.Conn, up bool) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.count(up, int64(n), 0)
-			if !p.wait(up) {
-				return
+	q := &chunks{}
+	q.cond = sync.NewCond(&q.mu)
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				p.count(up, int64(n), 0)
+				q.push(buf[:n])
 			}
-			_, werr := dst.Write(buf[:n])
-			p.count(up, -int64(n), int64(n))
-			if werr != nil {
+			if err != nil {
+				q.end() // EOF or a reset: serve closes both sides
 				return
 			}
 		}
-		if err != nil {
-			return // EOF or a reset: serve closes both sides
+	}()
+	defer func() {
+		// Unblock the reader (serve closes both sides anyway).
+		_ = src.Close()
+		<-read
+		p.count(up, -q.drop(), 0)
+	}()
+	for {
+		b, ok := q.pop()
+		if !ok {
+			return
+		}
+		if !p.wait(up) {
+			p.count(up, -int64(len(b)), 0)
+			return
+		}
+		_, werr := dst.Write(b)
+		p.count(up, -int64(len(b)), int64(len(b)))
+		if werr != nil {
+			return
 		}
 	}
+}
+
+// chunks is the bytes a copy has read and not yet written, in order.
+type chunks struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	queue [][]byte
+	ended bool
+}
+
+func (q *chunks) push(b []byte) {
+	q.mu.Lock()
+	q.queue = append(q.queue, b)
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+func (q *chunks) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// pop waits for the next chunk; false when the source ended and every
+// chunk was taken.
+func (q *chunks) pop() ([]byte, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.queue) == 0 && !q.ended {
+		q.cond.Wait()
+	}
+	if len(q.queue) == 0 {
+		return nil, false
+	}
+	b := q.queue[0]
+	q.queue = q.queue[1:]
+	return b, true
+}
+
+// drop discards what is left and returns its length.
+func (q *chunks) drop() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var n int64
+	for _, b := range q.queue {
+		n += int64(len(b))
+	}
+	q.queue = nil
+	return n
 }

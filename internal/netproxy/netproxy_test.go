@@ -206,7 +206,13 @@ func TestHoldUp(t *testing.T) {
 	if p.Mode() != HoldUp || p.Mode().String() != "hold-up" {
 		t.Fatalf("mode %v", p.Mode())
 	}
+	// Two writes: the second arrives while the first is held, and is
+	// counted as held too.
 	if _, err := c.Write([]byte("two\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 4 })
+	if _, err := c.Write([]byte("three\n")); err != nil {
 		t.Fatal(err)
 	}
 	// Downstream flows while upstream is held.
@@ -215,7 +221,7 @@ func TestHoldUp(t *testing.T) {
 	if line, err := r.ReadString('\n'); err != nil || line != "event\n" {
 		t.Fatalf("hold-up: client read %q, %v", line, err)
 	}
-	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 4 })
+	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 10 })
 	select {
 	case line := <-got:
 		t.Fatalf("hold-up delivered %q upstream", line)
@@ -223,16 +229,18 @@ func TestHoldUp(t *testing.T) {
 	}
 
 	p.Pass()
-	select {
-	case line := <-got:
-		if line != "two\n" {
-			t.Fatalf("after pass: %q", line)
+	for _, want := range []string{"two\n", "three\n"} {
+		select {
+		case line := <-got:
+			if line != want {
+				t.Fatalf("after pass: %q, want %q", line, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("held bytes not delivered after pass")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("held bytes not delivered after pass")
 	}
 	// The counters move just after each write.
-	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 0 && s.HeldDown == 0 && s.Up == 8 && s.Down == 6 })
+	waitStats(t, p, func(s Stats) bool { return s.HeldUp == 0 && s.HeldDown == 0 && s.Up == 14 && s.Down == 6 })
 }
 
 // waitStats polls p's counters until ok holds, failing after 5s.
