@@ -10,7 +10,6 @@ import (
 
 	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/kv"
-	"github.com/chanwatch/chanwatch/kv/memkv"
 	"github.com/chanwatch/chanwatch/meta"
 	"github.com/chanwatch/chanwatch/session"
 )
@@ -155,29 +154,39 @@ func (f *frozenProcess) Watch(ctx context.Context, prefix string, fromRev int64)
 // are registered and a node dies, so it has decisions in flight; the other
 // takes over. When the old leader resumes, every txn it sends is rejected by
 // its leader guard, and the store holds no write of it after the takeover.
+// It runs on memkv, etcd and a 3-node raftkv cluster.
 func TestDeposedCoordinatorCannotWrite(t *testing.T) {
+	envs := crashEnvs(t)
+	for _, backend := range []string{"mem", "etcd", "raft"} {
+		t.Run(backend, func(t *testing.T) { deposedCannotWrite(t, envs[backend]()) })
+	}
+}
+
+func deposedCannotWrite(t *testing.T, env crashEnv) {
 	r := newReport(t)
 	l := newLedger(r)
-	tm := fastTiming(500 * time.Millisecond)
-	store := memkv.New()
-	t.Cleanup(func() { _ = store.Close() })
+	tm := env.tm
+	root := uniqueRoot(t)
+	open := func() (kv.Backend, func()) { return env.handle(t, root) }
+	store, closeStore := open()
+	t.Cleanup(closeStore)
 
 	var nodes []*member
 	for i := range 3 {
-		h := store.NewClient()
-		nodes = append(nodes, startNode(t, l, "n"+string(rune('0'+i)), h, func() { _ = h.Close() }, tm))
+		h, closeH := open()
+		nodes = append(nodes, startNode(t, l, "n"+string(rune('0'+i)), h, closeH, tm))
 	}
 	registerChannels(t, store, channelNames("d", 12)...)
 
 	var rejected, total int
-	for round := range scale(2, 10) {
-		ha := store.NewClient()
+	for round := range scale(2, 8) {
+		ha, closeA := open()
 		fa := newFrozenProcess(ha)
-		a := startCoord(t, "a", fa, func() { _ = ha.Close() }, tm, channelmgr.WithClock(fa.clk))
+		a := startCoord(t, "a", fa, closeA, tm, channelmgr.WithClock(fa.clk))
 		eventually(t, 10*time.Second, "a leads", a.coord.IsLeader)
 		awaitConvergence(t, r, store, nodes, l, tm.ttl, 20*time.Second, time.Now())
-		hb := store.NewClient()
-		b := startCoord(t, "b", hb, func() { _ = hb.Close() }, tm)
+		hb, closeB := open()
+		b := startCoord(t, "b", hb, closeB, tm)
 
 		_, aToken, err := session.Leader(testCtx(t), store)
 		if err != nil {
@@ -190,8 +199,8 @@ func TestDeposedCoordinatorCannotWrite(t *testing.T) {
 		victim := nodes[0]
 		l.crash(victim.name)
 		victim.kill()
-		h := store.NewClient()
-		nodes = append(nodes[1:], startNode(t, l, victim.name+"'", h, func() { _ = h.Close() }, tm))
+		h, closeH := open()
+		nodes = append(nodes[1:], startNode(t, l, victim.name+"'", h, closeH, tm))
 		eventually(t, 10*time.Second, "b takes over", b.coord.IsLeader)
 		pace(testCtx(t), 3*tm.ttl)
 		_, bToken, err := session.Leader(testCtx(t), store)
@@ -202,7 +211,7 @@ func TestDeposedCoordinatorCannotWrite(t *testing.T) {
 		fa.resume()
 		r.note("a resumed; b leads with token %d", bToken)
 		eventually(t, 10*time.Second, "a knows it lost", func() bool { return !a.coord.IsLeader() })
-		awaitConvergence(t, r, store, nodes, l, tm.ttl, 20*time.Second, resumed)
+		awaitConvergence(t, r, store, nodes, l, tm.ttl, 30*time.Second, resumed)
 		a.kill()
 		fa.close()
 		fa.mu.Lock()
