@@ -203,3 +203,82 @@ func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 		t.Fatal("no channel moved to the healthy node: the partition tested nothing")
 	}
 }
+
+// TestNoDoubleOwnershipPauseRaftkv is the pause test on raftkv: the node
+// process embeds a raftkv node of its own, joined to a 3-node cluster as a
+// fourth voter (as a raftkv deployment runs every component inside a
+// member), and is SIGSTOPped for 2x its TTL: the node and the raft member
+// stop together. The cluster keeps its quorum (3 of 4); the coordinator and
+// the other node run on the original members.
+func TestNoDoubleOwnershipPauseRaftkv(t *testing.T) {
+	r := newReport(t)
+	l := newLedger(r)
+	c := startRaft(t, 3)
+	root := uniqueRoot(t)
+	tm := fastTiming(time.Second)
+	url := serveLedger(t, l)
+	lead := c.leader()
+	if lead < 0 {
+		t.Fatal("no raftkv leader")
+	}
+	handle := func(i int) kv.Backend {
+		b, err := c.node(i).ClientAt(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	obs := handle(lead)
+	coord := startCoord(t, "coord", handle(lead), func() {}, tm)
+	defer coord.stop()
+	ok := startNode(t, l, "ok", handle((lead+1)%3), func() {}, tm)
+	defer ok.stop()
+
+	addr := freePort(t)
+	p := startProc(t, "paused", "--raft-id", "r3", "--raft-addr", addr, "--raft-dir", t.TempDir(), "--root", root,
+		"--session-ttl", tm.ttl.String(), "--effects", url)
+	var joinErr error
+	if !poll(30*time.Second, func() bool {
+		i := c.leader()
+		if i < 0 {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
+		defer cancel()
+		joinErr = c.node(i).Join(ctx, "r3", addr)
+		return joinErr == nil
+	}) {
+		t.Fatalf("joining the process's raft node: %v", joinErr)
+	}
+
+	nodes := []*member{ok}
+	registerChannels(t, obs, channelNames("s", scale(8, 32))...)
+	eventually(t, 30*time.Second, "the process runs channels", func() bool { return l.openOf("paused") > 0 })
+	awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, time.Now())
+
+	for round := range scale(1, 3) {
+		held := l.openOf("paused")
+		r.fault("round %d: process (node and raft voter r3) SIGSTOPped for 2 TTL (%v) holding %d channels", round, 2*tm.ttl, held)
+		l.setPaused("paused", true)
+		p.signal(t, syscall.SIGSTOP)
+		pace(testCtx(t), 2*tm.ttl)
+		p.signal(t, syscall.SIGCONT)
+		resumed := time.Now()
+		r.note("SIGCONT")
+		eventually(t, 2*tm.ttl, "the resumed process stops its stale channels", func() bool { return l.openOf("paused") == 0 })
+		r.note("stale channels stopped %v after SIGCONT", time.Since(resumed).Round(time.Millisecond))
+		l.setPaused("paused", false)
+		awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, resumed)
+		eventually(t, 30*time.Second, "the process runs channels again", func() bool { return l.openOf("paused") > 0 })
+	}
+	l.mu.Lock()
+	r.figure("paused_overlaps", l.pausedOver)
+	for node, n := range l.rejectedFrom {
+		if node != "paused" {
+			r.violate("%d effects of %s rejected: only the paused node may be stale", n, node)
+		}
+	}
+	l.mu.Unlock()
+	l.figures()
+}

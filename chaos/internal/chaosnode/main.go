@@ -1,5 +1,6 @@
-// Command chaosnode is a chanwatch node (package nodewatch on etcd) for the
-// chaos tests that need a separate process to SIGSTOP. Its handler reports
+// Command chaosnode is a chanwatch node (package nodewatch on etcd, or on a
+// raftkv node of its own that the test joins to a cluster) for the chaos
+// tests that need a separate process to SIGSTOP or to cut off. Its handler reports
 // to the test's downstream store over HTTP: "start" when a channel's Watch
 // begins, an "effect" every --effect-interval while it runs, and "end" when
 // its Release is done, each stamped with the assignment's fencing token.
@@ -22,7 +23,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
+	"github.com/chanwatch/chanwatch/kv/raftkv"
 	"github.com/chanwatch/chanwatch/meta"
 	"github.com/chanwatch/chanwatch/nodewatch"
 )
@@ -85,32 +88,71 @@ func (h *handler) Release(ctx context.Context, ch string) error {
 
 func main() {
 	endpoints := flag.String("endpoints", "", "comma-separated etcd client URLs")
+	raftID := flag.String("raft-id", "", "run on raftkv instead of etcd: this process is raft node ID, to be joined")
+	raftAddr := flag.String("raft-addr", "", "raftkv listen address (with --raft-id)")
+	raftDir := flag.String("raft-dir", "", "raftkv state directory (with --raft-id)")
 	root := flag.String("root", "chanwatch", "root of chanwatch's keys")
 	ttl := flag.Duration("session-ttl", 2*time.Second, "node session TTL")
 	name := flag.String("name", "proc", "node name in reports")
 	effects := flag.String("effects", "", "URL of the downstream store")
 	interval := flag.Duration("effect-interval", 10*time.Millisecond, "time between effects")
 	flag.Parse()
-	if err := run(*endpoints, *root, *ttl, *name, *effects, *interval); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	open := func() (kv.Backend, func(), error) { return openEtcd(*endpoints, *root) }
+	if *raftID != "" {
+		open = func() (kv.Backend, func(), error) { return openRaft(ctx, *raftID, *raftAddr, *raftDir, *root) }
+	}
+	if err := run(ctx, open, *ttl, *name, *effects, *interval); err != nil {
 		fmt.Fprintln(os.Stderr, "chaosnode:", err)
 		os.Exit(1)
 	}
 }
 
-func run(endpoints, root string, ttl time.Duration, name, effects string, interval time.Duration) error {
+func openEtcd(endpoints, root string) (kv.Backend, func(), error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: strings.Split(endpoints, ","), DialTimeout: 2 * time.Second,
 		DialKeepAliveTime: time.Second, DialKeepAliveTimeout: time.Second, Logger: zap.NewNop(),
 	})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer cli.Close()
 	b, err := etcdkv.New(cli, root)
+	if err != nil {
+		_ = cli.Close()
+		return nil, nil, err
+	}
+	return b, func() { _ = b.Close(); _ = cli.Close() }, nil
+}
+
+// openRaft starts a raftkv node that waits to be joined (the test joins it
+// through the leader), with the chaos tests' loopback raft timers, and
+// returns a handle on root once it knows a leader: this process is a voter,
+// so a SIGSTOP pauses a member of the cluster as well as the node.
+func openRaft(ctx context.Context, id, addr, dir, root string) (kv.Backend, func(), error) {
+	n, err := raftkv.Open(raftkv.Config{ID: id, Addr: addr, Dir: dir},
+		raftkv.WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond))
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := n.WaitLeader(ctx); err != nil {
+		_ = n.Close()
+		return nil, nil, err
+	}
+	b, err := n.ClientAt(root)
+	if err != nil {
+		_ = n.Close()
+		return nil, nil, err
+	}
+	return b, func() { _ = b.Close(); _ = n.Close() }, nil
+}
+
+func run(ctx context.Context, open func() (kv.Backend, func(), error), ttl time.Duration, name, effects string, interval time.Duration) error {
+	b, closeB, err := open()
 	if err != nil {
 		return err
 	}
-	defer b.Close()
+	defer closeB()
 	h := &handler{name: name, effects: effects, interval: interval, stops: map[string]func(){},
 		client: &http.Client{Timeout: time.Second}}
 	n, err := nodewatch.New(b, h, nodewatch.WithSessionTTL(ttl), nodewatch.WithProgressInterval(ttl/2), nodewatch.WithAddr(name))
@@ -118,7 +160,5 @@ func run(endpoints, root string, ttl time.Duration, name, effects string, interv
 		return err
 	}
 	h.id = n.ID
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	return n.Run(ctx)
 }
