@@ -41,6 +41,7 @@ type ledger struct {
 	// rejectedFrom counts rejected effects per node.
 	rejectedFrom  map[string]int
 	starts        map[string]int // Watch starts per node
+	staleStarts   int            // Watch starts of a paused node under a stale token
 	overlap       time.Duration  // total overlap of ownership intervals of unpaused nodes
 	pausedOver    int            // overlaps involving a paused node (the documented exception)
 	pausedOverlap time.Duration
@@ -73,6 +74,7 @@ func (l *ledger) start(node string, id int64, ch string, token int64) bool {
 			// pause: a stale start, which a fencing downstream refuses.
 			l.rejected++
 			l.rejectedFrom[node]++
+			l.staleStarts++
 			l.r.note("channel %s: stale start on paused %s with token %d < %d: rejected", ch, node, token, l.maxTok[ch])
 			return true
 		}
@@ -265,6 +267,9 @@ func (l *ledger) figures() {
 		total += n
 	}
 	l.r.figure("watch_starts", total)
+	if l.paused != nil && len(l.rejectedFrom) > 0 || l.staleStarts > 0 {
+		l.r.figure("stale_starts", l.staleStarts)
+	}
 	// Each overlap was already a violation when the second Watch started.
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
@@ -150,6 +151,14 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 	info := e.info
 	info.AssignRevision = e.rev
 	last := e.rev
+	if inc.stale(actx) {
+		// Watch was not called: nothing to release.
+		inc.mu.Lock()
+		c.held, c.cancel = false, nil
+		inc.mu.Unlock()
+		log.Warn("not starting channel: the node's session is past its fence deadline or over (was this process paused?)")
+		return
+	}
 	log.Info("watching channel")
 	err := inc.runWatch(actx, c, &info, &last, log)
 	if inc.ctx.Err() != nil {
@@ -176,6 +185,32 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		c.watched = true
 		inc.mu.Unlock()
 		log.Info("channel watched", zap.Int64("assign_revision", info.AssignRevision))
+	}
+}
+
+// stale reports whether the assignment must not start: its ctx is done, or
+// the session is past its fence deadline. A process paused (SIGSTOP, a long
+// GC pause) between reading a ToWatch and starting it wakes past the
+// deadline, when its lease may be gone and the channel given to another
+// node; starting then would run the channel under a stale token. Past the
+// deadline the session is ending (its fence timer has fired), unless a
+// keep-alive ack is being recorded at this instant: wait for one or the
+// other, on the clock.
+func (inc *incarnation) stale(actx context.Context) bool {
+	clock := inc.n.cfg.clock
+	for {
+		if actx.Err() != nil {
+			return true
+		}
+		if clock.Now().Before(inc.sess.FenceDeadline()) {
+			return false
+		}
+		t := clock.NewTimer(time.Millisecond)
+		select {
+		case <-actx.Done():
+		case <-t.Chan():
+		}
+		t.Stop()
 	}
 }
 
