@@ -19,7 +19,8 @@ import (
 // every call it makes waits; on resume the clock jumps ahead and the calls
 // that waited go out, as requests sitting in a socket buffer are delivered
 // after SIGCONT even if their deadline passed meanwhile. It records every
-// Txn with the outcome.
+// Txn with the outcome. freezeAtNextWrite makes it freeze as its next
+// guarded write goes out: a decision in flight at the SIGSTOP.
 type frozenProcess struct {
 	kv.Backend
 	clk *clockwork.FakeClock
@@ -27,6 +28,7 @@ type frozenProcess struct {
 	mu      sync.Mutex
 	frozen  bool
 	thaw    chan struct{}
+	atWrite chan struct{} // armed: closed when the next guarded write freezes the process
 	last    time.Time
 	txns    []txnRecord
 	stopped chan struct{}
@@ -82,6 +84,15 @@ func (f *frozenProcess) resume() {
 	close(f.thaw)
 }
 
+// freezeAtNextWrite arms a freeze at the next guarded write; the returned
+// channel closes when it happened.
+func (f *frozenProcess) freezeAtNextWrite() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.atWrite = make(chan struct{})
+	return f.atWrite
+}
+
 // gate waits while the process is frozen; a call that waited goes out
 // without its deadline (it was already "sent").
 func (f *frozenProcess) gate(ctx context.Context) context.Context {
@@ -96,6 +107,21 @@ func (f *frozenProcess) gate(ctx context.Context) context.Context {
 }
 
 func (f *frozenProcess) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	guarded, writes := false, false
+	for _, c := range t.If {
+		guarded = guarded || c.Key == meta.CoordinatorKey && c.Target == kv.TargetCreateRevision && c.Result == kv.Equal
+	}
+	for _, op := range t.Then {
+		writes = writes || op.IsWrite()
+	}
+	f.mu.Lock()
+	if f.atWrite != nil && guarded && writes {
+		f.frozen = true
+		f.thaw = make(chan struct{})
+		close(f.atWrite)
+		f.atWrite = nil
+	}
+	f.mu.Unlock()
 	ctx = f.gate(ctx)
 	rec := txnRecord{sentAt: time.Now()}
 	for _, c := range t.If {
@@ -150,9 +176,9 @@ func (f *frozenProcess) Watch(ctx context.Context, prefix string, fromRev int64)
 }
 
 // TestDeposedCoordinatorCannotWrite: two coordinators; the leader is frozen
-// (SIGSTOP in place: its clock and its I/O stop) past its TTL while channels
-// are registered and a node dies, so it has decisions in flight; the other
-// takes over. When the old leader resumes, every txn it sends is rejected by
+// (SIGSTOP in place: its clock and its I/O stop) as it sends the placement
+// of new channels, and kept frozen past its TTL while a node dies; the
+// other takes over. When the old leader resumes, every txn it sends is rejected by
 // its leader guard, and the store holds no write of it after the takeover.
 // It runs on memkv, etcd and a 3-node raftkv cluster.
 func TestDeposedCoordinatorCannotWrite(t *testing.T) {
@@ -192,10 +218,17 @@ func deposedCannotWrite(t *testing.T, env crashEnv) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.fault("round %d: leader a (token %d) frozen for 3 TTL", round, aToken)
-		fa.freeze()
-		// Work for the frozen leader: new channels, and a node crash.
+		// New channels for the leader: it freezes as its placement goes
+		// out (a decision in flight at the SIGSTOP).
+		frozen := fa.freezeAtNextWrite()
 		registerChannels(t, store, channelNames("d"+string(rune('a'+round))+"-", 4)...)
+		select {
+		case <-frozen:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the leader sent no write for the new channels")
+		}
+		r.fault("round %d: leader a (token %d) frozen for 3 TTL as it writes", round, aToken)
+		// More work for the frozen leader: a node crash.
 		victim := nodes[0]
 		l.crash(victim.name)
 		victim.kill()
@@ -215,6 +248,7 @@ func deposedCannotWrite(t *testing.T, env crashEnv) {
 		a.kill()
 		fa.close()
 		fa.mu.Lock()
+		roundTotal := 0
 		for _, tx := range fa.txns {
 			if tx.guard != aToken {
 				continue
@@ -225,12 +259,16 @@ func deposedCannotWrite(t *testing.T, env crashEnv) {
 			// Txns held by the freeze go out at the resume.
 			if !tx.sentAt.Before(resumed) {
 				total++
+				roundTotal++
 				if !tx.succeeded {
 					rejected++
 				}
 			}
 		}
 		fa.mu.Unlock()
+		if roundTotal == 0 {
+			r.violate("round %d: the write a froze in went nowhere after the resume", round)
+		}
 		b.stop()
 	}
 	for _, n := range nodes {

@@ -156,7 +156,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		inc.mu.Lock()
 		c.held, c.cancel = false, nil
 		inc.mu.Unlock()
-		log.Warn("not starting channel: the node's session is past its fence deadline or over (was this process paused?)")
+		log.Warn("not starting channel: the node's session is past its fence deadline (was this process paused?)")
 		return
 	}
 	log.Info("watching channel")
@@ -188,22 +188,24 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 	}
 }
 
-// stale reports whether the assignment must not start: its ctx is done, or
-// the session is past its fence deadline. A process paused (SIGSTOP, a long
-// GC pause) between reading a ToWatch and starting it wakes past the
-// deadline, when its lease may be gone and the channel given to another
-// node; starting then would run the channel under a stale token. Past the
-// deadline the session is ending (its fence timer has fired), unless a
-// keep-alive ack is being recorded at this instant: wait for one or the
-// other, on the clock.
+// stale reports whether the assignment must not start because the session
+// is past its fence deadline. A process paused (SIGSTOP, a long GC pause)
+// between reading a ToWatch and starting it wakes past the deadline, when
+// its lease may be gone and the channel given to another node; starting
+// then would run the channel under a stale token. Past the deadline the
+// session is ending (its fence timer has fired, and the incarnation's end
+// cancels actx), unless a keep-alive ack is being recorded at this
+// instant: wait for one or the other, on the clock. (An assignment whose
+// ctx was cancelled by a queued ToRelease still starts and is released, as
+// the Handler contract says.)
 func (inc *incarnation) stale(actx context.Context) bool {
 	clock := inc.n.cfg.clock
 	for {
-		if actx.Err() != nil {
-			return true
-		}
 		if clock.Now().Before(inc.sess.FenceDeadline()) {
 			return false
+		}
+		if actx.Err() != nil {
+			return true
 		}
 		t := clock.NewTimer(time.Millisecond)
 		select {
