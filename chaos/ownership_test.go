@@ -96,6 +96,17 @@ func TestNoDoubleOwnershipPause(t *testing.T) {
 	p := startProc(t, "paused", "--endpoints", strings.Join(etcd.endpoints, ","), "--root", root,
 		"--session-ttl", tm.ttl.String(), "--effects", url)
 
+	pauseRounds(t, r, l, p, obs, ok, tm, "process")
+}
+
+// pauseRounds registers channels, waits until the process "paused" runs
+// some, then SIGSTOPs it for 2 TTL per round: after SIGCONT it must stop
+// its stale channels at once (within 2 TTL), the cluster (the node ok and
+// the process) converges, and the process runs channels again. Only the
+// paused process's effects may be rejected as stale. what names the
+// process in the timeline.
+func pauseRounds(t *testing.T, r *report, l *ledger, p *proc, obs kv.KV, ok *member, tm timing, what string) {
+	t.Helper()
 	nodes := []*member{ok}
 	registerChannels(t, obs, channelNames("s", scale(8, 32))...)
 	eventually(t, 30*time.Second, "the process runs channels", func() bool { return l.openOf("paused") > 0 })
@@ -103,7 +114,7 @@ func TestNoDoubleOwnershipPause(t *testing.T) {
 
 	for round := range scale(1, 3) {
 		held := l.openOf("paused")
-		r.fault("round %d: process SIGSTOPped for 2 TTL (%v) holding %d channels", round, 2*tm.ttl, held)
+		r.fault("round %d: %s SIGSTOPped for 2 TTL (%v) holding %d channels", round, what, 2*tm.ttl, held)
 		l.setPaused("paused", true)
 		p.signal(t, syscall.SIGSTOP)
 		pace(testCtx(t), 2*tm.ttl)
@@ -252,33 +263,5 @@ func TestNoDoubleOwnershipPauseRaftkv(t *testing.T) {
 		t.Fatalf("joining the process's raft node: %v", joinErr)
 	}
 
-	nodes := []*member{ok}
-	registerChannels(t, obs, channelNames("s", scale(8, 32))...)
-	eventually(t, 30*time.Second, "the process runs channels", func() bool { return l.openOf("paused") > 0 })
-	awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, time.Now())
-
-	for round := range scale(1, 3) {
-		held := l.openOf("paused")
-		r.fault("round %d: process (node and raft voter r3) SIGSTOPped for 2 TTL (%v) holding %d channels", round, 2*tm.ttl, held)
-		l.setPaused("paused", true)
-		p.signal(t, syscall.SIGSTOP)
-		pace(testCtx(t), 2*tm.ttl)
-		p.signal(t, syscall.SIGCONT)
-		resumed := time.Now()
-		r.note("SIGCONT")
-		eventually(t, 2*tm.ttl, "the resumed process stops its stale channels", func() bool { return l.openOf("paused") == 0 })
-		r.note("stale channels stopped %v after SIGCONT", time.Since(resumed).Round(time.Millisecond))
-		l.setPaused("paused", false)
-		awaitConvergence(t, r, obs, nodes, l, tm.ttl, 30*time.Second, resumed)
-		eventually(t, 30*time.Second, "the process runs channels again", func() bool { return l.openOf("paused") > 0 })
-	}
-	l.mu.Lock()
-	r.figure("paused_overlaps", l.pausedOver)
-	for node, n := range l.rejectedFrom {
-		if node != "paused" {
-			r.violate("%d effects of %s rejected: only the paused node may be stale", n, node)
-		}
-	}
-	l.mu.Unlock()
-	l.figures()
+	pauseRounds(t, r, l, p, obs, ok, tm, "process (node and raft voter r3)")
 }
