@@ -110,10 +110,7 @@ func crashEnvs(t *testing.T) map[string]func() crashEnv {
 				i := next % 3
 				next++
 				mu.Unlock()
-				b, err := c.node(i).ClientAt(root)
-				if err != nil {
-					t.Fatal(err)
-				}
+				b := c.handle(t, i, root)
 				return b, func() { _ = b.Close() }
 			}}
 		},

@@ -158,14 +158,7 @@ func TestNoDoubleOwnershipPartitionRaftkv(t *testing.T) {
 		t.Fatal("no raftkv leader")
 	}
 	follower := (lead + 1) % 3
-	handle := func(i int) kv.Backend {
-		b, err := c.node(i).ClientAt(root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		return b
-	}
+	handle := func(i int) kv.Backend { return c.handle(t, i, root) }
 	obs := handle(lead)
 	coord := startCoord(t, "coord", handle(lead), func() {}, tm, channelmgr.WithLogger(r.logger("coord")))
 	defer coord.stop()
@@ -232,14 +225,7 @@ func TestNoDoubleOwnershipPauseRaftkv(t *testing.T) {
 	if lead < 0 {
 		t.Fatal("no raftkv leader")
 	}
-	handle := func(i int) kv.Backend {
-		b, err := c.node(i).ClientAt(root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		return b
-	}
+	handle := func(i int) kv.Backend { return c.handle(t, i, root) }
 	obs := handle(lead)
 	coord := startCoord(t, "coord", handle(lead), func() {}, tm)
 	defer coord.stop()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chanwatch/chanwatch/internal/netproxy"
+	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/raftkv"
 )
 
@@ -80,6 +81,17 @@ func (c *raftCluster) node(i int) *raftkv.Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.nodes[i]
+}
+
+// handle opens a handle on root at node i, closed when t ends.
+func (c *raftCluster) handle(t testing.TB, i int, root string) kv.Backend {
+	t.Helper()
+	b, err := c.node(i).ClientAt(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
 }
 
 // leader returns a running node that says it leads, or -1.
