@@ -68,6 +68,12 @@ type NodeState string
 const (
 	NodeServing  NodeState = "serving"
 	NodeStopping NodeState = "stopping"
+	// NodeEvicted: the coordinator evicted the node (it did not release a
+	// channel in time, or failed to). Written by the leader under its
+	// guard, on the node's own lease; the node fences itself as soon as it
+	// sees it, and the coordinator moves its channels one node TTL after
+	// the node's lease is certainly gone.
+	NodeEvicted NodeState = "evicted"
 )
 
 // NodeSession is session/node/<id>, attached to the node's lease.
@@ -80,6 +86,10 @@ type NodeSession struct {
 	// TTL is the session lease's TTL: how long after losing contact the
 	// node has certainly stopped every channel (its self-fence deadline).
 	TTL time.Duration `json:"ttl"`
+	// EvictedBy is the fencing token of the coordinator that evicted the
+	// node (State NodeEvicted), and EvictReason why.
+	EvictedBy   int64  `json:"evicted_by,omitempty"`
+	EvictReason string `json:"evict_reason,omitempty"`
 }
 
 // CoordSession is session/coord, attached to the leader's lease.
@@ -191,7 +201,7 @@ func DecodeNodeSession(key string, b []byte) (NodeSession, error) {
 	if err := ValidateNodeID(s.ID); err != nil {
 		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
 	}
-	if s.State != NodeServing && s.State != NodeStopping {
+	if s.State != NodeServing && s.State != NodeStopping && s.State != NodeEvicted {
 		return NodeSession{}, fmt.Errorf("%w: %s: unknown node state %q", ErrCorruptValue, key, s.State)
 	}
 	return s, nil

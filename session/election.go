@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ type Leadership struct {
 	b     kv.Backend
 	s     *Session
 	token int64
+	val   []byte // the leader key's value as we wrote it
 	log   *zap.Logger
 
 	done     chan struct{}
@@ -41,7 +43,17 @@ type Leadership struct {
 //
 // If the key exists on s's own lease (an earlier attempt that returned an
 // ambiguous error landed) the caller leads. Otherwise Campaign watches the
-// key until it is deleted and tries again. It returns when the caller leads;
+// key until it is deleted and tries again.
+//
+// A leader key that is corrupt — its value does not decode, or it is on no
+// lease (written by hand), so it would never go away on its own — is not
+// waited on forever: Campaign logs it, waits one session TTL on s's clock
+// for it to change (a live holder repairs its own key within that time; see
+// Leadership), then deletes it with a compare on its mod revision and
+// campaigns again. A live but slow holder whose key is deleted this way
+// loses leadership, and its guard keeps its later writes out.
+//
+// It returns when the caller leads;
 // with an error wrapping ctx.Err() when ctx is done; with ErrSessionDone
 // when s ends (it never waits on a dead session); or with the backend's
 // error when a call fails (Campaign is idempotent: call it again).
@@ -77,6 +89,12 @@ func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSessi
 			if cur == nil {
 				continue // the compare saw the key, so this cannot happen; re-read
 			}
+			if why := corruptLeaderKey(*cur); why != "" && cur.Lease != s.Lease() {
+				if err := clearCorruptLeader(ctx, b, s, *cur, why, resp.Revision+1); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if cur.Lease != s.Lease() {
 				s.log.Debug("campaign: waiting for leader to go", zap.Int64("leader_token", cur.CreateRevision))
 				if err := waitGone(ctx, b, s, key, cur.CreateRevision, resp.Revision+1); err != nil {
@@ -90,6 +108,7 @@ func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSessi
 			b:        b,
 			s:        s,
 			token:    token,
+			val:      v,
 			log:      s.log.With(zap.Int64("token", token)),
 			done:     make(chan struct{}),
 			stop:     make(chan struct{}),
@@ -99,6 +118,69 @@ func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSessi
 		l.log.Info("elected coordinator")
 		return l, nil
 	}
+}
+
+// corruptLeaderKey says why cur cannot be a live leader's key ("" when it
+// can): a value that does not decode, or no lease.
+func corruptLeaderKey(cur kv.KeyValue) string {
+	if _, err := meta.DecodeCoordSession(cur.Key, cur.Value); err != nil {
+		return err.Error()
+	}
+	if cur.Lease == kv.NoLease {
+		return "the leader key is on no lease: it would never expire"
+	}
+	return ""
+}
+
+// clearCorruptLeader waits up to one session TTL for the corrupt leader key
+// cur to change (its holder may repair it), then deletes it if it is still
+// the same (compare on its mod revision). It returns nil when the caller
+// should campaign again.
+func clearCorruptLeader(ctx context.Context, b kv.Backend, s *Session, cur kv.KeyValue, why string, rev int64) error {
+	s.log.Warn("leader key is corrupt: waiting one session TTL for its holder to repair it, then deleting it",
+		zap.String("key", cur.Key), zap.Int64("revision", cur.ModRevision), zap.Int64("lease", int64(cur.Lease)),
+		zap.String("why", why), zap.Duration("wait", s.TTL()))
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := s.clock.NewTimer(s.TTL())
+	defer timer.Stop()
+	wch := b.Watch(wctx, cur.Key, rev)
+wait:
+	for {
+		select {
+		case <-s.Done():
+			return fmt.Errorf("%w: %w", ErrSessionDone, s.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("session: campaign: %w", ctx.Err())
+		case <-timer.Chan():
+			break wait
+		case resp, ok := <-wch:
+			if !ok || resp.Err != nil {
+				wch = nil // broken: fall back to the timer and a compare
+				continue
+			}
+			for _, e := range resp.Events {
+				if e.KV.Key == cur.Key {
+					return nil // changed: look again
+				}
+			}
+		}
+	}
+	resp, err := b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{kv.CmpModRevision(cur.Key, kv.Equal, cur.ModRevision)},
+		Then: []kv.Op{kv.OpDelete(cur.Key)},
+	})
+	switch {
+	case err != nil:
+		if derr := sessionDone(s); derr != nil {
+			return derr
+		}
+		return fmt.Errorf("session: campaign: delete corrupt leader key: %w", err)
+	case resp.Succeeded:
+		s.log.Warn("deleted a corrupt leader key that nobody repaired", zap.String("key", cur.Key),
+			zap.Int64("revision", resp.Revision), zap.String("why", why))
+	}
+	return nil
 }
 
 func sessionDone(s *Session) error {
@@ -144,8 +226,8 @@ func waitGone(ctx context.Context, b kv.Backend, s *Session, key string, leaderR
 					if e.KV.Key != key {
 						continue
 					}
-					if e.Type == kv.EventDelete || e.KV.CreateRevision != leaderRev {
-						return nil
+					if e.Type == kv.EventDelete || e.KV.CreateRevision != leaderRev || corruptLeaderKey(e.KV) != "" {
+						return nil // gone, replaced, or overwritten: look again
 					}
 				}
 			}
@@ -261,8 +343,27 @@ func (l *Leadership) watchOnce(ctx context.Context, rev int64) (lost string, nex
 				if e.Type == kv.EventDelete || e.KV.CreateRevision != l.token {
 					return fmt.Sprintf("leader key deleted or replaced at revision %d", e.Revision()), rev, nil
 				}
+				if e.KV.Lease != l.s.Lease() || !bytes.Equal(e.KV.Value, l.val) {
+					l.repair(ctx, e.KV)
+				}
 			}
 		}
+	}
+}
+
+// repair rewrites our leader key, which someone overwrote (a value that may
+// not decode, or no lease, so that it would outlive us), under our guard and
+// a compare on the overwrite's mod revision. A failure is left to the next
+// event: a newer write, or the key's deletion, which ends the leadership.
+func (l *Leadership) repair(ctx context.Context, cur kv.KeyValue) {
+	l.log.Warn("leader key overwritten by someone else: repairing it", zap.Int64("revision", cur.ModRevision),
+		zap.Int64("lease", int64(cur.Lease)))
+	_, err := l.b.Txn(ctx, kv.Txn{
+		If:   []kv.Cmp{l.Guard(), kv.CmpModRevision(meta.CoordinatorKey, kv.Equal, cur.ModRevision)},
+		Then: []kv.Op{kv.OpPutLease(meta.CoordinatorKey, l.val, l.s.Lease())},
+	})
+	if err != nil {
+		l.log.Warn("leader key repair failed", zap.Error(err))
 	}
 }
 

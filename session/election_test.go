@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
@@ -209,5 +210,72 @@ func TestLeaderCorrupt(t *testing.T) {
 	}
 	if _, _, err := session.Leader(ctx, store); !errors.Is(err, meta.ErrCorruptValue) {
 		t.Fatalf("Leader on a corrupt key: %v", err)
+	}
+}
+
+// TestCorruptLeaderKeyRepairedByHolder: a leader whose key is overwritten
+// (garbage, on no lease: it would never expire) rewrites it under its guard
+// and keeps leading; readers see it again.
+func TestCorruptLeaderKeyRepairedByHolder(t *testing.T) {
+	store, clock := newStore(t)
+	ctx := testCtx(t)
+	sa := newSession(t, store, session.WithTTL(ttl), session.WithClock(clock))
+	la, err := session.Campaign(ctx, store, sa, meta.CoordSession{ID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, garbage := range [][]byte{[]byte("garbage"), []byte(`{"v":1,"id":"intruder"}`)} {
+		if _, err := kv.Put(ctx, store, meta.CoordinatorKey, garbage); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, func() bool {
+			cur, _, err := store.Get(ctx, meta.CoordinatorKey)
+			v, token, lerr := session.Leader(ctx, store)
+			return err == nil && cur.Lease == sa.Lease() && lerr == nil && v.ID == "a" && token == la.Token()
+		}, 5*time.Second, "the holder repairs its leader key")
+	}
+	if closed(la.Done()) {
+		t.Fatal("the holder lost leadership over a repairable overwrite")
+	}
+}
+
+// TestCorruptLeaderKeyClearedByStandby: a leader key nobody repairs (no
+// live holder: garbage on no lease) is deleted by a candidate one session
+// TTL after it saw it, not before, and the candidate leads.
+func TestCorruptLeaderKeyClearedByStandby(t *testing.T) {
+	for _, garbage := range [][]byte{[]byte("garbage"), []byte(`{"v":1,"id":"ghost"}`)} {
+		t.Run(string(garbage), func(t *testing.T) {
+			store, clock := newStore(t)
+			ctx := testCtx(t)
+			if _, err := kv.Put(ctx, store, meta.CoordinatorKey, garbage); err != nil {
+				t.Fatal(err)
+			}
+			sb := newSession(t, store, session.WithTTL(ttl), session.WithClock(clock))
+			start := clock.Now()
+			res := campaignAsync(ctx, store, sb, "b")
+			// Step the clock, letting each keep-alive land before the next step.
+			for {
+				select {
+				case r := <-res:
+					if r.err != nil {
+						t.Fatal(r.err)
+					}
+					if waited := clock.Since(start); waited < ttl {
+						t.Fatalf("b deleted the corrupt key after %v, before one TTL (%v)", waited, ttl)
+					}
+					if v, token, err := session.Leader(ctx, store); err != nil || v.ID != "b" || token != r.l.Token() {
+						t.Fatalf("Leader = %+v %d %v, want b", v, token, err)
+					}
+					return
+				default:
+				}
+				if clock.Since(start) > 3*ttl {
+					t.Fatal("b never led over a corrupt leader key")
+				}
+				clock.Advance(ttl / 20)
+				eventually(t, func() bool { return sb.FenceDeadline().Sub(clock.Now()) >= ttl*45/100 || closed(sb.Done()) },
+					waitFor, "the session's keep-alive lands")
+			}
+		})
 	}
 }

@@ -11,6 +11,9 @@ var (
 	// ErrFenced: no keep-alive was acknowledged before the fence deadline;
 	// the session stopped itself before the lease could expire on the server.
 	ErrFenced = errors.New("session: fenced (lease could not be renewed in time)")
+	// ErrEvicted: the node's session key was deleted, replaced or marked
+	// evicted by the coordinator; the session fenced itself at once.
+	ErrEvicted = errors.New("session: node evicted (session key deleted or marked)")
 	// ErrClosed: the session was closed or abandoned by its owner.
 	ErrClosed = errors.New("session: closed")
 	// ErrSessionDone: an operation needs a live session and it has ended.

@@ -1,7 +1,9 @@
 package session_test
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,14 +49,46 @@ func TestAllocateNodeIDConcurrent(t *testing.T) {
 	}
 }
 
-func TestAllocateNodeIDCorruptCounter(t *testing.T) {
-	store, _ := newStore(t)
-	ctx := testCtx(t)
-	if _, err := kv.Put(ctx, store, meta.NodeIDCounterKey, []byte("seven")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := session.AllocateNodeID(ctx, store); !errors.Is(err, meta.ErrCorruptValue) {
-		t.Fatalf("AllocateNodeID on a corrupt counter: %v, want meta.ErrCorruptValue", err)
+// TestAllocateNodeIDRepairsCounter: a counter that is garbage, missing
+// or behind the IDs present in the root never hands out an ID that a node
+// has used: it is repaired from the highest ID anywhere in the root, and
+// an ID whose session key or channel prefix is not empty is skipped.
+func TestAllocateNodeIDRepairsCounter(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		counter []byte // nil: missing
+		keys    []string
+		want    int64
+	}{
+		{"garbage counter, dead node's keys", []byte("seven"), []string{meta.ChannelKey(5, "c1"), meta.NodeSessionKey(3)}, 6},
+		{"missing counter, stale Watched keys", nil, []string{meta.ChannelKey(1, "c1"), meta.ChannelKey(2, "c2")}, 3},
+		{"negative counter", []byte("-4"), []string{meta.ChannelKey(9, "c1")}, 10},
+		{"counter behind a non-empty prefix", []byte("0"), []string{meta.ChannelKey(1, "c1"), meta.ChannelKey(2, "c2")}, 3},
+		{"counter behind a session key", []byte("1"), []string{meta.NodeSessionKey(2)}, 3},
+		{"missing counter, fresh root", nil, nil, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, _ := newStore(t)
+			ctx := testCtx(t)
+			for _, k := range tc.keys {
+				if _, err := kv.Put(ctx, store, k, []byte("{}")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.counter != nil {
+				if _, err := kv.Put(ctx, store, meta.NodeIDCounterKey, tc.counter); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id, err := session.AllocateNodeID(ctx, store)
+			if err != nil || id != tc.want {
+				t.Fatalf("AllocateNodeID = %d, %v; want %d", id, err, tc.want)
+			}
+			next, err := session.AllocateNodeID(ctx, store)
+			if err != nil || next != tc.want+1 {
+				t.Fatalf("second AllocateNodeID = %d, %v; want %d", next, err, tc.want+1)
+			}
+		})
 	}
 }
 
@@ -201,5 +235,60 @@ func TestListNodesSkipsCorrupt(t *testing.T) {
 	members, rev, err := session.ListNodes(ctx, store)
 	if err != nil || len(members) != 1 || members[0].ID != n.ID() || rev == 0 {
 		t.Fatalf("ListNodes = %+v at %d, %v; want only node %d", members, rev, err, n.ID())
+	}
+}
+
+// TestNodeFencedBySessionKey: a registered node's session ends at once
+// (ErrEvicted) when its session key is deleted, marked evicted or moved off
+// its lease, while the lease itself may still be alive; a drain does not.
+func TestNodeFencedBySessionKey(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fence bool
+		do    func(ctx context.Context, b kv.KV, n *session.Node) error
+	}{
+		{"deleted", true, func(ctx context.Context, b kv.KV, n *session.Node) error {
+			_, _, err := kv.Delete(ctx, b, meta.NodeSessionKey(n.ID()))
+			return err
+		}},
+		{"marked evicted", true, func(ctx context.Context, b kv.KV, n *session.Node) error {
+			v, _ := meta.EncodeNodeSession(meta.NodeSession{ID: n.ID(), State: meta.NodeEvicted, EvictedBy: 7, EvictReason: "test"})
+			_, err := b.Txn(ctx, kv.Txn{Then: []kv.Op{kv.OpPutLease(meta.NodeSessionKey(n.ID()), v, n.Session().Lease())}})
+			return err
+		}},
+		{"moved off its lease", true, func(ctx context.Context, b kv.KV, n *session.Node) error {
+			v, _ := meta.EncodeNodeSession(meta.NodeSession{ID: n.ID(), State: meta.NodeServing})
+			_, err := kv.Put(ctx, b, meta.NodeSessionKey(n.ID()), v)
+			return err
+		}},
+		{"drained", false, func(ctx context.Context, b kv.KV, n *session.Node) error {
+			return session.Drain(ctx, b, n.ID())
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, clock := newStore(t)
+			ctx := testCtx(t)
+			s := newSession(t, store, session.WithTTL(ttl), session.WithClock(clock))
+			n, err := session.RegisterNode(ctx, store, s, meta.NodeSession{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.do(ctx, store, n); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.fence {
+				// A later write the monitor must see after the drain's.
+				if _, _, err := kv.Delete(ctx, store, meta.NodeSessionKey(n.ID())); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitClosed(t, s.Done(), "the session fences when its key goes")
+			if !errors.Is(s.Err(), session.ErrEvicted) {
+				t.Fatalf("Err = %v, want ErrEvicted", s.Err())
+			}
+			if !tc.fence && !strings.Contains(s.Err().Error(), "deleted") {
+				t.Fatalf("fenced by the drain, not the delete: %v", s.Err())
+			}
+		})
 	}
 }

@@ -213,6 +213,20 @@ func (s *Session) halt() {
 	<-s.loopDone
 }
 
+// Fence ends the session at once with err (wrapped in ErrFenced unless it
+// already wraps one of this package's errors): its owner learned, other
+// than from its keep-alives, that it must stop (its session key was deleted
+// or marked evicted). The lease is neither renewed nor revoked; Close still
+// revokes it. It is idempotent; the first reason sticks.
+func (s *Session) Fence(err error) {
+	if err == nil {
+		err = ErrFenced
+	}
+	s.log.Warn("session fenced by its owner", zap.Error(err))
+	s.end(err)
+	s.stopOnce.Do(func() { close(s.stop) })
+}
+
 // end records why the session ended and closes Done; the first call wins.
 func (s *Session) end(err error) {
 	s.mu.Lock()
