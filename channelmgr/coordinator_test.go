@@ -106,7 +106,7 @@ func TestNodeDeathReassigns(t *testing.T) {
 	}
 	start := h.rev()
 	ns[0].crash()
-	h.advance(nodeTTL+step, c)
+	h.expireAndFence(ns[0].id, c)
 	h.eventually("all watched on the survivors", func() bool { return h.allWatched(chs, ns[1].id, ns[2].id) })
 	revs := moveRevisions(t, h.events(meta.ChannelPrefix, start, h.lastChannelRev()), ns[0].id)
 	moved := 0
@@ -130,7 +130,7 @@ func TestLastNodeDiesThenNewNodes(t *testing.T) {
 	h.register(1, chs...)
 	h.eventually("all watched", func() bool { return h.allWatched(chs, n.id) })
 	n.crash()
-	h.advance(nodeTTL+step, c)
+	h.expireAndFence(n.id, c)
 	h.eventually("all remaining", func() bool {
 		as := h.assignments()
 		for _, ch := range chs {
@@ -326,7 +326,7 @@ func TestPauseStopsBalanceNotFailover(t *testing.T) {
 	}
 	// Failover goes on while paused: node 0 dies, its channels move.
 	ns[0].crash()
-	h.advance(nodeTTL+step, c)
+	h.expireAndFence(ns[0].id, c)
 	h.eventually("failover while paused", func() bool { return h.allWatched(chs, ns[1].id, n3.id) })
 	if err := ResumeBalance(h.ctx, h.kv); err != nil {
 		t.Fatal(err)
@@ -390,7 +390,7 @@ func TestDeregister(t *testing.T) {
 		// The node still looks alive until its lease expires: ToRelease,
 		// unanswered; then the node is gone and the key is deleted.
 		h.eventually("x ToRelease", func() bool { return h.assignment("x").info.State == meta.ToRelease })
-		h.advance(nodeTTL+step, c)
+		h.expireAndFence(n.id, c)
 		h.eventually("x gone", func() bool { _, ok := h.assignments()["x"]; return !ok })
 	})
 }

@@ -62,7 +62,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 	if err := r.resend(ctx, now); err != nil {
 		return err
 	}
-	if err := r.revokeVanished(ctx, now); err != nil {
+	if err := r.revokeLeases(ctx); err != nil {
 		return err
 	}
 	p := r.decide(now)
@@ -80,13 +80,31 @@ func (r *reconciler) pass(ctx context.Context) error {
 	return nil
 }
 
-// live reports whether node id has a session key we have not revoked.
+// live reports whether node id has a session key that is not marked
+// evicted and that we have not seen evicted or gone.
 func (r *reconciler) live(id int64) (*nodeEntry, bool) {
 	ne := r.v.nodes[id]
-	if ne == nil || !r.node(id).evicted.IsZero() {
+	if ne == nil || ne.evicted() || !r.node(id).evicted.IsZero() {
 		return nil, false
 	}
 	return ne, true
+}
+
+// owner reports whether k's node is live and k was made for its current
+// session: a key created before the session key (a smaller create revision)
+// belongs to an earlier holder of the node ID, which is dead.
+func (r *reconciler) owner(k *keyEntry) (*nodeEntry, bool) {
+	ne, live := r.live(k.node)
+	if !live || k.createRev < ne.createRev {
+		return nil, false
+	}
+	return ne, true
+}
+
+// stale reports whether k is on a live node but predates its session.
+func (r *reconciler) stale(k *keyEntry) bool {
+	ne, live := r.live(k.node)
+	return live && k.createRev < ne.createRev
 }
 
 func (r *reconciler) nodeTTL(id int64) time.Duration {
@@ -96,13 +114,18 @@ func (r *reconciler) nodeTTL(id int64) time.Duration {
 	return r.cfg.nodeTTL
 }
 
-// movableAt is when the channels of gone node id may go elsewhere: one TTL
-// after we evicted it, and never before one node TTL into our term (our
-// predecessor may have evicted it just before we took over).
+// never is a time no clock reaches.
+var never = time.Time{}.Add(1<<63 - 1)
+
+// movableAt is when the channels of gone node id may go elsewhere: one node
+// TTL after we last learned that it must stop or that its lease is gone,
+// never while its lease may still be alive (revokeLease pending), and never
+// before one node TTL into our term (our predecessor may have evicted it
+// just before we took over).
 func (r *reconciler) movableAt(id int64) time.Time {
 	nrt := r.node(id)
 	if nrt.revokeLease != kv.NoLease {
-		return time.Time{}.Add(1<<63 - 1) // not known yet: revoke first
+		return never // not known yet: revoke first
 	}
 	t := r.start.Add(max(r.cfg.nodeTTL, r.nodeTTL(id)))
 	if nrt.fenceUntil.After(t) {
@@ -137,13 +160,22 @@ func (r *reconciler) goneWait(k *keyEntry, now time.Time) bool {
 	if !k.corrupt && k.info.State == meta.Released {
 		return false
 	}
+	if r.stale(k) {
+		// The earlier holder of the ID went before the current session key
+		// was created; we learned of it no later than we saw that session.
+		from := r.node(k.node).incSeen
+		if from.Before(r.start) {
+			from = r.start
+		}
+		return now.Before(from.Add(r.nodeTTL(k.node)))
+	}
 	return now.Before(r.movableAt(k.node))
 }
 
 // rank orders a channel's keys when it has more than one (never made by
 // chanwatch, but repaired): the lowest rank stays, the rest are released.
 func (r *reconciler) rank(k *keyEntry) int {
-	_, live := r.live(k.node)
+	_, live := r.owner(k)
 	switch {
 	case k.node != 0 && live && !k.corrupt && k.info.State == meta.Watched:
 		return 0
@@ -295,7 +327,7 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		p.place = append(p.place, placement{ch: ch, reg: reg})
 		return
 	}
-	if len(extras) == 0 && primary.node != 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
+	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
 		if l := p.loads[primary.node]; l != nil && at == primary.node {
 			p.movable[ch] = primary
 			l.Channels[len(l.Channels)-1].Movable = true
@@ -333,7 +365,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k)})
 		return
 	}
-	ne, live := r.live(k.node)
+	ne, live := r.owner(k)
 	if !live {
 		if r.goneWait(k, now) {
 			r.waitGone(k, now)
@@ -390,8 +422,12 @@ func (r *reconciler) waitGone(k *keyEntry, now time.Time) {
 	}
 	nrt.waitLogged = true
 	fields := []zap.Field{zap.Int64("node", k.node), zap.String("channel", k.ch), zap.Int64("revision", k.modRev)}
-	if at := r.movableAt(k.node); nrt.revokeLease == kv.NoLease {
+	if r.stale(k) {
+		fields = append(fields, zap.String("why", "the key predates the node's current session"))
+	} else if at := r.movableAt(k.node); nrt.revokeLease == kv.NoLease {
 		fields = append(fields, zap.Duration("wait", at.Sub(now)))
+	} else {
+		fields = append(fields, zap.String("why", "the node's lease is not known to be gone yet"))
 	}
 	r.log.Info("channels of a gone node wait until it has certainly stopped", fields...)
 }
@@ -414,7 +450,7 @@ func (r *reconciler) cleanup(p *plan, ch string, reg *regEntry, k *keyEntry, now
 		p.add(r.remove(k, why))
 		return
 	}
-	if _, live := r.live(k.node); !live {
+	if _, live := r.owner(k); !live {
 		if r.goneWait(k, now) {
 			r.waitGone(k, now)
 			return
@@ -625,6 +661,11 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 			u.cmps = append(u.cmps, kv.CmpMissing(meta.RemainingKey(pl.ch)))
 		}
 		u.ops = append(u.ops, kv.OpPut(key, val))
+	case src.key == key && r.stale(src):
+		// Back onto the ID whose earlier holder the key was made for: a put
+		// would keep the old create revision, which the node ignores. Delete
+		// it; the next pass places the channel afresh.
+		return r.remove(src, "predates the node's session")
 	case src.key == key:
 		from = src.node
 		u.cmps = append(u.cmps, kv.CmpModRevision(src.key, kv.Equal, src.modRev))
@@ -712,11 +753,16 @@ func (r *reconciler) gauges() {
 	}
 }
 
-// evict revokes the lease of a node that did not release in time, after
-// checking that the view is not behind (the key still is as we saw it) and
-// that we still lead. The node's channels move one TTL later.
+// evict evicts a live node that did not release in time (or failed to),
+// after checking that the view is not behind (the key still is as we saw
+// it). The eviction is a guarded write: the node's session key is marked
+// evicted (meta.NodeEvicted, on the node's own lease) in a txn that carries
+// the leader guard and a compare on the session key's mod revision, so a
+// deposed coordinator's eviction fails its compare and writes nothing. The
+// node fences itself as soon as it sees the mark. Its lease is then revoked
+// (see revokeLeases), and its channels move one node TTL after the store
+// has said the lease is gone; nothing a Revoke answers shortens that.
 func (r *reconciler) evict(ctx context.Context, e eviction) error {
-	nrt := r.node(e.node)
 	ne, live := r.live(e.node)
 	if !live {
 		return nil
@@ -728,66 +774,88 @@ func (r *reconciler) evict(ctx context.Context, e eviction) error {
 		}
 		return nil // changed meanwhile, or unreadable: decide again next pass
 	}
-	resp, err := r.b.Txn(ctx, kv.Txn{If: []kv.Cmp{r.l.Guard()}, Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)}})
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	key := meta.NodeSessionKey(e.node)
+	var then kv.Op
+	if ne.lease == kv.NoLease || ne.corrupt {
+		// Not a real session (or one we cannot rewrite): take the key away.
+		then = kv.OpDelete(key)
+	} else {
+		mark := ne.sess
+		mark.State, mark.EvictedBy, mark.EvictReason = meta.NodeEvicted, r.l.Token(), e.why
+		val, err := meta.EncodeNodeSession(mark)
+		if err != nil {
+			r.log.Error("eviction: cannot encode the mark", zap.Int64("node", e.node), zap.Error(err))
+			return nil
 		}
-		r.log.Warn("eviction: leadership check failed", zap.Int64("node", e.node), zap.Error(err))
+		then = kv.OpPutLease(key, val, ne.lease)
+	}
+	resp, err := r.txn(ctx, kv.Txn{
+		If:   []kv.Cmp{r.l.Guard(), kv.CmpModRevision(key, kv.Equal, ne.modRev)},
+		Then: []kv.Op{then},
+		Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)},
+	})
+	now := r.clock.Now()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil && isLeaseGone(err):
+		// The lease went meanwhile: the node is gone, not evicted by us.
+		r.markGone(e.node, r.node(e.node), ne.lease, now, "lease gone at eviction")
 		return nil
-	}
-	if !resp.Succeeded {
-		r.c.m.fenced.Inc()
-		return errDeposed
-	}
-	if ne.lease == kv.NoLease {
-		// Not a real session; take its key away under the guard.
-		key := meta.NodeSessionKey(e.node)
-		resp, err = r.b.Txn(ctx, kv.Txn{
-			If:   []kv.Cmp{r.l.Guard(), kv.CmpModRevision(key, kv.Equal, ne.modRev)},
-			Then: []kv.Op{kv.OpDelete(key)},
-		})
-		if err != nil || !resp.Succeeded {
-			return ctx.Err()
-		}
-	} else if err := r.b.Revoke(ctx, ne.lease); err != nil && !isLeaseGone(err) {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.log.Warn("eviction: revoke failed", zap.Int64("node", e.node), zap.Error(err))
+	case err != nil:
+		// Unknown or failed: if the mark landed, the view will show it.
+		r.log.Warn("eviction write failed; deciding again", zap.Int64("node", e.node), zap.Error(err))
 		return nil
+	case !resp.Succeeded:
+		if r.deposed(resp) {
+			r.c.m.fenced.Inc()
+			r.log.Warn("eviction rejected by the leader guard: another coordinator leads", zap.Int64("node", e.node),
+				zap.Int64("revision", resp.Revision))
+			return errDeposed
+		}
+		return nil // the session key changed: decide again on the new view
 	}
-	nrt.evicted = r.clock.Now()
-	nrt.fenceUntil = nrt.evicted.Add(r.nodeTTL(e.node))
+	nrt := r.node(e.node)
+	r.markGone(e.node, nrt, ne.lease, now, "evicted")
 	r.c.m.evictions.Inc()
 	r.log.Warn("evicted node: its channels move once it has certainly stopped",
-		zap.Int64("node", e.node), zap.String("channel", e.k.ch), zap.Int64("revision", e.k.modRev),
+		zap.Int64("node", e.node), zap.String("channel", e.k.ch), zap.Int64("revision", resp.Revision),
 		zap.String("why", e.why), zap.Time("fence_until", nrt.fenceUntil))
-	return nil
+	return r.revokeLeases(ctx)
 }
 
-// revokeVanished revokes the leases of nodes whose session key vanished
-// without our eviction. If the lease was still alive (the key was deleted
-// by hand), the node is running and is fenced like an evicted one.
-func (r *reconciler) revokeVanished(ctx context.Context, now time.Time) error {
+// revokeLeases revokes the leases of nodes that are evicted or gone, until
+// the store says each is gone. Only then is a node certainly unable to
+// renew, so its wait (fenceUntil) restarts from that answer: one node TTL
+// after the revoke returned, whatever it returned (done, or "not found",
+// which proves nothing about when the lease went). An ambiguous or failed
+// revoke is retried on the next pass, and the channels keep waiting.
+func (r *reconciler) revokeLeases(ctx context.Context) error {
 	for id, nrt := range r.nodes {
-		if nrt.revokeLease == kv.NoLease {
+		lease := nrt.revokeLease
+		if lease == kv.NoLease {
 			continue
 		}
-		err := r.b.Revoke(ctx, nrt.revokeLease)
+		err := r.b.Revoke(ctx, lease)
+		now := r.clock.Now()
 		switch {
-		case err == nil:
-			nrt.evicted, nrt.fenceUntil = now, now.Add(r.nodeTTL(id))
-			r.log.Warn("node's session key vanished while its lease lived: revoked it",
-				zap.Int64("node", id), zap.Time("fence_until", nrt.fenceUntil))
-		case isLeaseGone(err):
+		case err == nil || isLeaseGone(err):
+			if until := now.Add(r.nodeTTL(id)); until.After(nrt.fenceUntil) {
+				nrt.fenceUntil = until
+			}
+			if nrt.leaseGone == nil {
+				nrt.leaseGone = map[kv.LeaseID]bool{}
+			}
+			nrt.leaseGone[lease] = true
+			nrt.revokeLease = kv.NoLease
+			r.log.Info("node's lease is gone: its channels move one node TTL from now",
+				zap.Int64("node", id), zap.Int64("lease", int64(lease)), zap.Bool("revoked_now", err == nil),
+				zap.Time("fence_until", nrt.fenceUntil))
 		case ctx.Err() != nil:
 			return ctx.Err()
 		default:
-			r.log.Warn("revoking a vanished node's lease failed; retrying", zap.Int64("node", id), zap.Error(err))
-			continue
+			r.log.Warn("revoking a gone or evicted node's lease failed; retrying", zap.Int64("node", id), zap.Error(err))
 		}
-		nrt.revokeLease = kv.NoLease
 	}
 	return nil
 }

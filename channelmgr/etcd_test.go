@@ -130,6 +130,7 @@ func TestOnEtcd(t *testing.T) {
 			return true
 		}
 	}
+	h.eventuallyFor(5*time.Second, "a registered", func() bool { return a.ID() != 0 })
 	h.eventuallyFor(time.Minute, "500 watched on a", on(a.ID()))
 	bn, _ := runNode(t, srv, root, ttl)
 	h.eventuallyFor(5*time.Second, "b registered", func() bool { return bn.ID() != 0 })

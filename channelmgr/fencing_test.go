@@ -182,7 +182,7 @@ func TestTwoThousandChannelsMove(t *testing.T) {
 	onDead := h.counts()[ns[0].id]
 	start := h.rev()
 	ns[0].crash()
-	h.advance(nodeTTL+step, c)
+	h.expireAndFence(ns[0].id, c)
 	h.eventually("all on the survivor", func() bool { return h.allWatched(chs, ns[1].id) })
 	events := h.events(meta.ChannelPrefix, start, h.lastChannelRev())
 	revs := moveRevisions(t, events, ns[0].id)

@@ -170,6 +170,30 @@ func (h *harness) advance(d time.Duration, leaders ...*coord) {
 	}
 }
 
+// expireAndFence advances until the session key of crashed node dead is
+// gone, checks that none of its channels moves during the node TTL that
+// follows (a lease that vanished proves nothing about when the node
+// stopped), then advances past that TTL.
+func (h *harness) expireAndFence(dead int64, leaders ...*coord) {
+	h.t.Helper()
+	for i := 0; ; i++ {
+		if _, _, err := h.kv.Get(h.ctx, meta.NodeSessionKey(dead)); errors.Is(err, kv.ErrKeyNotFound) {
+			break
+		}
+		if i > int(2*nodeTTL/step) {
+			h.t.Fatalf("node %d's session key outlived its lease\n%s", dead, h.dump())
+		}
+		h.advance(step, leaders...)
+	}
+	held := h.counts()[dead]
+	h.advance(nodeTTL-step, leaders...)
+	if got := h.counts()[dead]; got != held {
+		h.t.Fatalf("node %d: %d channels moved away less than one node TTL after its lease vanished (%d left)\n%s",
+			dead, held-got, got, h.dump())
+	}
+	h.advance(2*step, leaders...)
+}
+
 func (h *harness) keepAlive() {
 	h.mu.Lock()
 	nodes := slices.Clone(h.nodes)

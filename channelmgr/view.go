@@ -1,6 +1,8 @@
 package channelmgr
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -30,25 +32,28 @@ type regEntry struct {
 
 // nodeEntry is session/node/<id>: the node is live while it exists.
 type nodeEntry struct {
-	sess    meta.NodeSession
-	lease   kv.LeaseID
-	modRev  int64
-	corrupt bool // live, but neither schedulable nor draining
+	sess      meta.NodeSession
+	lease     kv.LeaseID
+	modRev    int64
+	createRev int64 // the incarnation: keys created before it are a dead node's
+	corrupt   bool  // live, but neither schedulable nor draining
 }
 
 func (n *nodeEntry) serving() bool  { return !n.corrupt && n.sess.State == meta.NodeServing }
 func (n *nodeEntry) draining() bool { return !n.corrupt && n.sess.State == meta.NodeStopping }
+func (n *nodeEntry) evicted() bool  { return !n.corrupt && n.sess.State == meta.NodeEvicted }
 
 // keyEntry is one assignment key: channel/<node>/<channel>, node 0 for
 // channel/remaining/<channel>. A corrupt value is kept (the key still
 // occupies the channel) and repaired conservatively.
 type keyEntry struct {
-	key     string
-	node    int64
-	ch      string
-	info    meta.ChannelInfo
-	modRev  int64
-	corrupt bool
+	key       string
+	node      int64
+	ch        string
+	info      meta.ChannelInfo
+	modRev    int64
+	createRev int64
+	corrupt   bool
 }
 
 func newView() view {
@@ -101,7 +106,7 @@ func (r *reconciler) apply(ev kv.Event) {
 			return
 		}
 		sess, err := meta.DecodeNodeSession(key, kvp.Value)
-		e := &nodeEntry{sess: sess, lease: kvp.Lease, modRev: kvp.ModRevision}
+		e := &nodeEntry{sess: sess, lease: kvp.Lease, modRev: kvp.ModRevision, createRev: kvp.CreateRevision}
 		if err != nil {
 			r.bad("session", key, kvp.ModRevision, err)
 			e.corrupt = true
@@ -123,7 +128,7 @@ func (r *reconciler) apply(ev kv.Event) {
 			}
 			return
 		}
-		e := &keyEntry{key: key, node: node, ch: ch, modRev: kvp.ModRevision}
+		e := &keyEntry{key: key, node: node, ch: ch, modRev: kvp.ModRevision, createRev: kvp.CreateRevision}
 		info, err := meta.DecodeChannelInfo(key, kvp.Value)
 		if err != nil {
 			r.bad("channel", key, kvp.ModRevision, err)
@@ -136,8 +141,32 @@ func (r *reconciler) apply(ev kv.Event) {
 		}
 		v.keys[ch][key] = e
 	case key == meta.BalancePausedKey:
+		// Present means paused, whatever the value: pausing balance never
+		// endangers safety or failover. A value that is neither empty (as
+		// PauseBalance writes) nor a JSON object is reported.
 		v.paused = put
+		if put && !validFlag(kvp.Value) {
+			r.bad("control", key, kvp.ModRevision, fmt.Errorf("%w: %s: %q is not a balance-pause flag (balancing stays paused)",
+				meta.ErrCorruptValue, key, truncate(kvp.Value, 64)))
+		}
 	}
+}
+
+// validFlag reports whether v is a well-formed control flag value: empty,
+// or a JSON object.
+func validFlag(v []byte) bool {
+	if len(v) == 0 {
+		return true
+	}
+	var obj map[string]any
+	return json.Unmarshal(v, &obj) == nil
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	return b[:n]
 }
 
 // bad logs and counts a key that does not parse, once per revision of it.
@@ -150,37 +179,73 @@ func (r *reconciler) bad(prefix, key string, rev int64, err error) {
 	r.log.Warn("skipping corrupt key", zap.String("key", key), zap.Int64("revision", rev), zap.Error(err))
 }
 
-// nodeSeen records what outlives a node's session key: its TTL.
+// nodeSeen records what outlives a node's session key: its TTL, the
+// incarnation (session key create revision) and when we first saw it, and
+// an eviction mark (ours, or a predecessor's).
 func (r *reconciler) nodeSeen(id int64, e *nodeEntry) {
 	rt := r.node(id)
 	if e.sess.TTL > 0 {
 		rt.ttl = e.sess.TTL
 	}
+	now := r.clock.Now()
+	if rt.incRev != e.createRev {
+		if rt.incRev != 0 {
+			r.log.Warn("node ID has a new session: keys made for the earlier one are a dead node's",
+				zap.Int64("node", id), zap.Int64("create_revision", e.createRev), zap.Int64("was", rt.incRev))
+		}
+		rt.incRev, rt.incSeen = e.createRev, now
+		rt.evicted, rt.waitLogged = time.Time{}, false // a new node; the old one's keys still wait
+	}
+	if e.evicted() && rt.evicted.IsZero() {
+		r.markGone(id, rt, e.lease, now, "session marked evicted")
+	}
 }
 
-// nodeGone handles a session key that vanished. If we did not evict the
-// node, the key may have been deleted by hand while the lease (and the
-// node) lives on: the next pass revokes the lease, and if that succeeds the
-// node is fenced one TTL later, like an eviction.
+// nodeGone handles a session key that vanished, for whatever reason: lease
+// expiry, a revoke (ours, an ambiguous one, a deposed leader's late one, the
+// store's own), or a delete by hand while the lease and the node live on.
+// None of them proves the node has stopped, so its channels wait one node
+// TTL from now, and until its lease is certainly gone (see revokeLeases).
 func (r *reconciler) nodeGone(id int64, old *nodeEntry) {
-	rt := r.node(id)
 	r.log.Info("node gone", zap.Int64("node", id), zap.Int64("revision", r.v.rev))
-	if rt.evicted.IsZero() && old.lease != kv.NoLease {
-		rt.revokeLease = old.lease
+	r.markGone(id, r.node(id), old.lease, r.clock.Now(), "session key gone")
+}
+
+// markGone starts the wait before a node's channels may move: one node TTL
+// from now at the earliest (never shortened, however often it is called),
+// and not before lease (NoLease: none) is known to be gone.
+func (r *reconciler) markGone(id int64, rt *nodeRT, lease kv.LeaseID, now time.Time, why string) {
+	if rt.evicted.IsZero() {
+		rt.evicted = now
 	}
+	if until := now.Add(r.nodeTTL(id)); until.After(rt.fenceUntil) {
+		rt.fenceUntil = until
+	}
+	if lease != kv.NoLease && !rt.leaseGone[lease] {
+		rt.revokeLease = lease
+	}
+	r.log.Debug("node no longer live", zap.Int64("node", id), zap.String("why", why),
+		zap.Time("fence_until", rt.fenceUntil), zap.Int64("lease", int64(lease)))
 }
 
 // nodeRT is what the leader remembers of a node beyond its session key.
 type nodeRT struct {
 	ttl time.Duration
-	// evicted is when we revoked the node's lease (zero: never);
-	// fenceUntil is when the node has certainly stopped afterwards.
+	// evicted is when we first saw the node evicted or gone (zero: never);
+	// fenceUntil is when it has certainly stopped: one node TTL after the
+	// last time we learned that its lease is gone, or that it must stop.
 	evicted    time.Time
 	fenceUntil time.Time
-	// revokeLease is a lease to revoke because the session key vanished
-	// without our eviction (NoLease: nothing to do).
+	// revokeLease is the node's lease, to revoke until the store says it
+	// is gone (NoLease: nothing to do); leaseGone remembers leases the
+	// store said are gone.
 	revokeLease kv.LeaseID
-	waitLogged  bool
+	leaseGone   map[kv.LeaseID]bool
+	// incRev is the create revision of the node's session key as last
+	// seen, and incSeen when we first saw that incarnation.
+	incRev     int64
+	incSeen    time.Time
+	waitLogged bool
 }
 
 func (r *reconciler) node(id int64) *nodeRT {
