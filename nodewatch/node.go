@@ -80,6 +80,60 @@ type Node struct {
 	cur      *incarnation // the registration being served; nil between
 	stopping bool
 	stopCh   chan struct{} // closed once Stop has marked the node stopping
+	// held names the channels whose last Release failed: the handler
+	// still holds them, across incarnations, until a Release succeeds.
+	held map[string]bool
+}
+
+// unreleased reports whether the handler still holds channel name because
+// its last Release failed (in this incarnation or an earlier one).
+func (n *Node) unreleased(name string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.held[name]
+}
+
+func (n *Node) setUnreleased(name string, held bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !held {
+		delete(n.held, name)
+		return
+	}
+	if n.held == nil {
+		n.held = map[string]bool{}
+	}
+	n.held[name] = true
+}
+
+// Unreleased returns, sorted, the channels whose last Release failed: the
+// handler may still run them. Each is released again before its next
+// Watch on this Node (Watch is not called until that Release succeeds),
+// and once more before the Node registers again after a session loss.
+func (n *Node) Unreleased() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.held))
+	for name := range n.held {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// retryReleases calls Release once more on every channel whose last Release
+// failed, before the node takes a new ID.
+func (n *Node) retryReleases(ctx context.Context) {
+	for _, name := range n.Unreleased() {
+		err := callHandler(n.log, "Release", name, func() error { return n.h.Release(ctx, name) })
+		n.setUnreleased(name, err != nil)
+		if err != nil {
+			n.log.Warn("release retry failed; the channel is released again before its next watch",
+				zap.String("channel", name), zap.Error(err))
+		} else {
+			n.log.Info("channel stopped", zap.String("channel", name), zap.String("why", "release retried after session loss"))
+		}
+	}
 }
 
 // New returns a Node for handler h on backend b. It validates the options
@@ -197,6 +251,7 @@ func (n *Node) Run(ctx context.Context) error {
 			_ = inc.sess.Close(ctx)
 			n.log.Warn("session lost; channels released, registering again",
 				zap.Int64("old_node", inc.id), zap.Error(inc.sess.Err()))
+			n.retryReleases(context.WithoutCancel(ctx))
 		}
 	}
 }

@@ -196,6 +196,14 @@ func (inc *incarnation) apply(e kv.Event) {
 		inc.enqueue(name, event{kind: evDelete, rev: e.Revision()})
 		return
 	}
+	if e.KV.CreateRevision < inc.node.CreateRevision() {
+		// Made for an earlier holder of this node ID (the ID counter was
+		// lost or reset): a dead node's key, which the coordinator moves.
+		inc.log.Warn("skipping an assignment that predates this node's session",
+			zap.String("key", e.KV.Key), zap.Int64("create_revision", e.KV.CreateRevision),
+			zap.Int64("session_create_revision", inc.node.CreateRevision()))
+		return
+	}
 	info, err := meta.DecodeChannelInfo(e.KV.Key, e.KV.Value)
 	if err != nil {
 		inc.log.Warn("skipping corrupt assignment", zap.String("key", e.KV.Key),

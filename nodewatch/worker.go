@@ -57,7 +57,9 @@ func (inc *incarnation) enqueue(name string, e event) {
 	defer inc.mu.Unlock()
 	c := inc.chans[name]
 	if c == nil {
-		c = &channel{name: name, key: meta.ChannelKey(inc.id, name)}
+		// A channel whose Release failed in an earlier incarnation is still
+		// held by the handler: Release it before any new Watch.
+		c = &channel{name: name, key: meta.ChannelKey(inc.id, name), held: inc.n.unreleased(name)}
 		inc.chans[name] = c
 	}
 	c.present = e.kind == evPut
@@ -114,6 +116,10 @@ func (inc *incarnation) handle(c *channel, e event) {
 	switch {
 	case e.kind == evDelete:
 		inc.releaseLocal(c, "assignment deleted")
+	case e.info.State == meta.ToWatch && e.info.AssignRevision != 0:
+		// The coordinator writes ToWatch with no token; one with a token is
+		// our own progress heartbeat coming back, never a new assignment.
+		log.Debug("ignoring our own progress heartbeat")
 	case e.info.State == meta.ToWatch:
 		inc.watch(c, e, log)
 	case e.info.State == meta.ToRelease:
@@ -127,7 +133,19 @@ func (inc *incarnation) handle(c *channel, e event) {
 // watch runs Handler.Watch for a ToWatch assignment and acknowledges it.
 func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 	if c.held {
-		inc.releaseLocal(c, "reassigned")
+		if err := inc.releaseLocal(c, "reassigned"); err != nil {
+			// The handler still holds the channel from an earlier
+			// assignment: a Watch now would break the Handler contract.
+			// Report the failure; the coordinator places it elsewhere, and
+			// the next assignment retries the Release first.
+			log.Warn("not starting channel: its earlier Release failed again", zap.Error(err))
+			ack := e.info
+			ack.State, ack.FailedNode = meta.WatchFailure, inc.id
+			ack.LastError = "an earlier Release of this channel failed and must succeed before it can be watched again: " + err.Error()
+			ack.AssignRevision = e.rev
+			inc.cas(c, e.rev, ack, log)
+			return
+		}
 	}
 	actx, cancel := context.WithCancel(inc.ctx)
 	defer func() {
@@ -292,6 +310,7 @@ func (inc *incarnation) releaseLocal(c *channel, why string) error {
 	c.watched = false
 	c.held = err != nil // a failed Release is retried before the next Watch
 	inc.mu.Unlock()
+	inc.n.setUnreleased(c.name, err != nil) // ... of this incarnation or a later one
 	if err != nil {
 		inc.log.Warn("release failed", zap.String("channel", c.name), zap.String("why", why), zap.Error(err))
 	} else {
@@ -342,36 +361,84 @@ func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, inf
 	return ok, rev, err
 }
 
-// casRead is one If(ModRevision(key)==last) Then(Put) Else(Get) txn.
+// casRead is one If(ModRevision(key)==last) Then(Put) Else(Get) txn. An
+// unknown outcome (kv.ErrUnknownOutcome) is resolved by reading the key
+// back until ctx ends: our value in place means the write landed (at the
+// key's mod revision, which the caller records as seen, so that the event
+// of our own write is not taken for the coordinator's); the key still at
+// last means it did not land, and the txn is sent again; anything else
+// means the coordinator moved on. Every value a node writes differs from
+// the one it replaces (a new state, or a higher Progress), so a byte-equal
+// value is ours.
 func (inc *incarnation) casRead(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, *kv.KeyValue, error) {
 	val, err := meta.EncodeChannelInfo(info)
 	if err != nil {
 		return false, 0, nil, err
 	}
-	resp, err := inc.n.b.Txn(ctx, kv.Txn{
-		If:   []kv.Cmp{kv.CmpModRevision(key, kv.Equal, last)},
-		Then: []kv.Op{kv.OpPut(key, val)},
-		Else: []kv.Op{kv.OpGet(key)},
-	})
-	if err != nil {
-		return false, 0, nil, err
-	}
-	if !resp.Succeeded {
-		var cur *kv.KeyValue
-		if len(resp.Responses) == 1 {
-			cur = resp.Responses[0].KV
+	for {
+		resp, err := inc.n.b.Txn(ctx, kv.Txn{
+			If:   []kv.Cmp{kv.CmpModRevision(key, kv.Equal, last)},
+			Then: []kv.Op{kv.OpPut(key, val)},
+			Else: []kv.Op{kv.OpGet(key)},
+		})
+		if errors.Is(err, kv.ErrUnknownOutcome) {
+			cur, rerr := inc.readBack(ctx, key)
+			switch {
+			case rerr != nil:
+				return false, 0, nil, fmt.Errorf("%w (and reading it back failed: %w)", err, rerr)
+			case cur == nil:
+				return false, 0, nil, nil // deleted: the coordinator moved on
+			case bytes.Equal(cur.Value, val):
+				return true, cur.ModRevision, nil, nil
+			case cur.ModRevision == last:
+				continue // not applied: send it again
+			}
+			return false, cur.ModRevision, cur, nil
 		}
-		return false, resp.Revision, cur, nil
+		if err != nil {
+			return false, 0, nil, err
+		}
+		if !resp.Succeeded {
+			var cur *kv.KeyValue
+			if len(resp.Responses) == 1 {
+				cur = resp.Responses[0].KV
+			}
+			return false, resp.Revision, cur, nil
+		}
+		return true, resp.Revision, nil, nil
 	}
-	return true, resp.Revision, nil, nil
+}
+
+// readBack reads key (nil when missing), retrying with backoff until ctx
+// ends.
+func (inc *incarnation) readBack(ctx context.Context, key string) (*kv.KeyValue, error) {
+	var retry backoff
+	for {
+		cur, _, err := inc.n.b.Get(ctx, key)
+		switch {
+		case err == nil:
+			return &cur, nil
+		case errors.Is(err, kv.ErrKeyNotFound):
+			return nil, nil
+		case errors.Is(err, kv.ErrClosed):
+			return nil, err
+		}
+		if serr := sleep(ctx, inc.n.cfg.clock, retry.next()); serr != nil {
+			return nil, fmt.Errorf("%w (last error: %w)", serr, err)
+		}
+	}
 }
 
 // call runs a Handler method, turning a panic into an error (logged with
 // its stack; the error itself stays short, as it lands in LastError).
-func (inc *incarnation) call(what, channel string, f func() error) (err error) {
+func (inc *incarnation) call(what, channel string, f func() error) error {
+	return callHandler(inc.log, what, channel, f)
+}
+
+func callHandler(log *zap.Logger, what, channel string, f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			inc.log.Error("handler panicked", zap.String("method", what), zap.String("channel", channel),
+			log.Error("handler panicked", zap.String("method", what), zap.String("channel", channel),
 				zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
 			err = fmt.Errorf("nodewatch: %s(%q) panicked: %v", what, channel, r)
 		}
