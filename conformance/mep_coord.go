@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
 )
@@ -80,6 +81,12 @@ func mepCoordinatorRestart(t *testing.T, m *mep) {
 	// "cr-unplaced" is registered with no assignment at all.
 	m.sync()
 
+	// The evicted node comes back under a new ID at once (it fences as soon
+	// as it sees the eviction mark): keep balance from moving channels to
+	// it, which is not what this scenario checks.
+	if err := channelmgr.PauseBalance(m.ctx, m.b); err != nil {
+		m.fatalf("PauseBalance: %v", err)
+	}
 	c1 := m.leaderCoord()
 	a.kv.WatchesUp()
 	b.kv.WatchesUp()
