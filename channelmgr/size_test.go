@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/chanwatch/chanwatch/internal/etcdembed"
 	"github.com/chanwatch/chanwatch/kv"
@@ -166,4 +167,57 @@ func mustRev(t *testing.T, b kv.KV) int64 {
 		t.Fatal(err)
 	}
 	return rev
+}
+
+// TestOversizeUnitHeld: a spec written around Register, whose registry key
+// fits the backend but whose assignment does not, is never sent: the
+// coordinator holds it, logs it once per channel revision (not once per
+// pass), reports it in channels_too_large, and places every other channel.
+func TestOversizeUnitHeld(t *testing.T) {
+	const limit = 64 << 10
+	h := newHarness(t, memkv.WithMaxTxnBytes(limit))
+	ok := names("ok", 5)
+	h.register(1, ok...)
+	// The registry put alone is just under the limit; the placement (a
+	// ChannelInfo with the same payload, plus compares) is over it.
+	spec := meta.ChannelSpec{Name: "fat", CollectionID: 1, Vchannel: payload(0)}
+	val, err := meta.EncodeChannelSpec(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := kv.Txn{Then: []kv.Op{kv.OpPut(meta.RegistryKey("fat"), val)}}
+	spec.Vchannel = payload(limit - kv.TxnBytes(put) - 16)
+	if val, err = meta.EncodeChannelSpec(spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(h.ctx, h.kv, meta.RegistryKey("fat"), val); err != nil {
+		t.Fatalf("raw registry put of %d bytes: %v", len(val), err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	c := h.lead(WithLogger(zap.New(core)))
+	h.addNode()
+	for i := 0; i < 10; i++ {
+		h.advance(step, c)
+	}
+	h.eventually("the other channels watched", func() bool { return h.allWatched(ok) })
+	h.advance(5*step, c)
+	if a, found := h.assignments()["fat"]; found {
+		t.Fatalf("oversize channel was assigned: %+v", a)
+	}
+	held := logs.FilterMessageSnippet("channel held").Len()
+	if held != 1 {
+		t.Fatalf("held channel logged %d times over 15 passes, want once", held)
+	}
+	if got := testutil.ToFloat64(c.m.tooLarge); got != 1 {
+		t.Fatalf("channels_too_large = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(c.m.txns.WithLabelValues("too_large")); got != 0 {
+		t.Fatalf("%v txns refused for size: the oversize unit must not be sent", got)
+	}
+	// Deregistering it clears the gauge.
+	if err := Deregister(h.ctx, h.kv, "fat"); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(2*step, c)
+	h.eventually("channels_too_large back to 0", func() bool { return testutil.ToFloat64(c.m.tooLarge) == 0 })
 }
