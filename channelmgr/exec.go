@@ -35,13 +35,25 @@ func (b *batch) channels() []string {
 	return out
 }
 
-// pack groups units into txns under maxOps entries per branch, the guard
-// included. Units marked solo (their last batch failed a compare) go alone,
-// so one conflicting channel cannot keep failing the others.
+// bytes is the unit's share of a txn's kv.TxnBytes.
+func (u *unit) bytes() int { return kv.TxnBytes(kv.Txn{If: u.cmps, Then: u.ops}) }
+
+// pack groups units into txns under maxOps entries per branch and under
+// the backend's MaxTxnBytes (or below the smallest txn it refused as too
+// large this term), the guard included. Units marked solo (their last
+// batch failed a compare or was refused) go alone, so one conflicting
+// channel cannot keep failing the others. A unit that cannot fit in any
+// txn is not sent: it is held, logged once per channel revision, shown in
+// the channels_too_large gauge, and decided again when the channel changes.
 func (r *reconciler) pack(units []*unit) []*batch {
 	maxOps := r.b.MaxTxnOps()
+	maxBytes := r.b.MaxTxnBytes()
+	if r.refused > 0 {
+		maxBytes = min(maxBytes, r.refused)
+	}
 	var out []*batch
 	var cur *batch
+	curBytes := 0
 	flush := func() {
 		if cur != nil && len(cur.units) > 0 {
 			out = append(out, cur)
@@ -55,26 +67,51 @@ func (r *reconciler) pack(units []*unit) []*batch {
 			Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)},
 		}}
 	}
+	base := kv.TxnBytes(open().txn)
+	held := 0
 	for _, u := range units {
-		if 1+len(u.cmps) > maxOps || len(u.ops) > maxOps {
-			r.log.Error("one channel's writes exceed the backend's txn size; skipped",
-				zap.String("channel", u.ch), zap.Int64("revision", r.v.rev), zap.Int("compares", len(u.cmps)), zap.Int("ops", len(u.ops)))
+		rt := r.ch(u.ch)
+		ub := u.bytes()
+		if 1+len(u.cmps) > maxOps || len(u.ops) > maxOps || base+ub > maxBytes {
+			held++
+			if rev := r.chRev(u.ch); rt.tooLargeRev != rev {
+				rt.tooLargeRev = rev
+				r.log.Error("channel held: its writes exceed the backend's txn size (deregister it, or raise the backend's limit)",
+					zap.String("channel", u.ch), zap.Int64("revision", rev), zap.Int("compares", len(u.cmps)),
+					zap.Int("ops", len(u.ops)), zap.Int("bytes", base+ub), zap.Int("max_bytes", maxBytes), zap.Int("max_ops", maxOps))
+			}
 			continue
 		}
-		solo := r.ch(u.ch).solo
-		if solo || cur == nil || len(cur.txn.If)+len(u.cmps) > maxOps || len(cur.txn.Then)+len(u.ops) > maxOps {
+		rt.tooLargeRev = 0
+		solo := rt.solo
+		if solo || cur == nil || len(cur.txn.If)+len(u.cmps) > maxOps || len(cur.txn.Then)+len(u.ops) > maxOps || curBytes+ub > maxBytes {
 			flush()
-			cur = open()
+			cur, curBytes = open(), base
 		}
 		cur.units = append(cur.units, u)
 		cur.txn.If = append(cur.txn.If, u.cmps...)
 		cur.txn.Then = append(cur.txn.Then, u.ops...)
+		curBytes += ub
 		if solo {
 			flush()
 		}
 	}
 	flush()
+	r.c.m.tooLarge.Set(float64(held))
 	return out
+}
+
+// chRev is the highest mod revision of the channel's registry and
+// assignment keys in the view: it changes whenever the channel does.
+func (r *reconciler) chRev(ch string) int64 {
+	var rev int64
+	if reg := r.v.registry[ch]; reg != nil {
+		rev = reg.modRev
+	}
+	for _, k := range r.v.keys[ch] {
+		rev = max(rev, k.modRev)
+	}
+	return rev
 }
 
 // execute sends the pass's units.
@@ -160,6 +197,23 @@ func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 		return ctx.Err()
 	case err != nil && errors.Is(err, kv.ErrClosed):
 		return fmt.Errorf("channelmgr: txn: %w", err)
+	case err != nil && errors.Is(err, kv.ErrTxnTooLarge):
+		// Never resent unchanged: from now on pack builds only txns
+		// smaller than this one, and its units go one by one.
+		m.txns.WithLabelValues("too_large").Inc()
+		n := kv.TxnBytes(b.txn)
+		if r.refused == 0 || n-1 < r.refused {
+			r.refused = max(1, n-1)
+		}
+		r.log.Warn("txn refused as too large; its channels are retried one by one in smaller txns",
+			zap.Strings("channels", b.channels()), zap.Int64("revision", r.v.rev), zap.Int("bytes", n),
+			zap.Int("ops", len(b.txn.Then)), zap.Int("max_bytes", r.refused), zap.Error(err))
+		for _, u := range b.units {
+			rt := r.ch(u.ch)
+			rt.uncertain, rt.solo = false, true
+			rt.pendingRev, rt.pendingUntil = r.v.rev+1, now.Add(r.cfg.checkInterval)
+		}
+		return nil
 	case err != nil && permanent(err):
 		m.txns.WithLabelValues("error").Inc()
 		r.log.Error("txn rejected", zap.Strings("channels", b.channels()), zap.Int64("revision", r.v.rev), zap.Error(err))

@@ -10,7 +10,8 @@ import (
 // are still created (and updated) but never exported, so the code has no
 // nil checks.
 type metrics struct {
-	channels   *prometheus.GaugeVec   // state: ToWatch..ReleaseFailure, remaining, unassigned
+	channels   *prometheus.GaugeVec // state: ToWatch..ReleaseFailure, remaining, unassigned
+	tooLarge   prometheus.Gauge
 	moves      *prometheus.CounterVec // reason
 	placed     prometheus.Counter
 	timeouts   *prometheus.CounterVec // kind: watch, release
@@ -28,6 +29,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		channels: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels",
 			Help: "Registered channels by assignment state as the leader sees them (remaining: in channel/remaining/; unassigned: no key yet)."},
 			[]string{"state"}),
+		tooLarge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels_too_large",
+			Help: "Channels whose next write does not fit in one txn of the backend (MaxTxnBytes, MaxTxnOps): held, not sent; the log names them."}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "moves_started_total",
 			Help: "Channels the leader started to take off a node, by reason (balance, drain, watch_timeout, watch_failure, deregister, dead_node)."},
 			[]string{"reason"}),
@@ -41,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fencing_rejections_total",
 			Help: "Write txns rejected because this coordinator no longer holds leadership."}),
 		txns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "txns_total",
-			Help: "Write txns by result (ok, conflict: a compare failed, error: no answer)."},
+			Help: "Write txns by result (ok, conflict: a compare failed, too_large: refused for its size and split, error: no answer)."},
 			[]string{"result"}),
 		corrupt: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "corrupt_keys_total",
 			Help: "Keys skipped because the key or its value does not parse, by prefix (registry, session, channel)."},
@@ -55,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.channels, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
+	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
 		m.txns, m.corrupt, m.leader, m.leaderGain} {
 		errs = append(errs, reg.Register(c))
 	}

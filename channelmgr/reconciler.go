@@ -33,6 +33,7 @@ type reconciler struct {
 	badSeen map[string]int64
 	timers  map[string]timer // by assignment key
 	retry   []*batch         // batches whose outcome is unknown, to resend as they are
+	refused int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -54,6 +55,9 @@ type chanRT struct {
 	notBefore  time.Time
 	// heldRev avoids logging the same stuck key every pass.
 	heldRev int64
+	// tooLargeRev is the channel revision at which pack last logged that
+	// the channel's writes do not fit in a txn.
+	tooLargeRev int64
 }
 
 // timer is the timeout of a ToWatch or ToRelease key, armed when we first

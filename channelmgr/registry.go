@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
+	"time"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
@@ -20,17 +23,71 @@ var (
 	ErrNotAssigned = errors.New("channelmgr: channel not assigned")
 	// ErrInvalidOption: New was given an invalid option value.
 	ErrInvalidOption = errors.New("channelmgr: invalid option")
+	// ErrValueTooLarge: Register refused a spec whose assignment could never
+	// be written: AssignmentBytes(spec) exceeds the backend's MaxTxnBytes.
+	ErrValueTooLarge = errors.New("channelmgr: channel spec too large for the backend")
 )
+
+// AssignmentBytes is the kv.TxnBytes of the largest txn the coordinator may
+// have to write for spec's channel alone: a move under the leader guard
+// (compares on the registry key, the old and the new assignment key; delete
+// the old key, put the new one; read the leader key on failure) whose
+// ChannelInfo carries a copy of spec.Vchannel, the widest state, time and
+// counters, and a LastError of meta.MaxErrorLen bytes that all need JSON
+// escaping. A channel whose AssignmentBytes is within the backend's
+// MaxTxnBytes can always be placed. Errors: meta.ErrInvalidChannel.
+func AssignmentBytes(spec meta.ChannelSpec) (int, error) {
+	if err := spec.Validate(); err != nil {
+		return 0, err
+	}
+	const maxID = math.MaxInt64
+	info := meta.ChannelInfo{
+		Name:           spec.Name,
+		CollectionID:   spec.CollectionID,
+		State:          meta.ReleaseFailure,
+		StartTime:      time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.FixedZone("", -(23*3600+59*60))),
+		AssignRevision: maxID,
+		Attempts:       math.MaxInt,
+		LastError:      strings.Repeat("<", meta.MaxErrorLen), // escaped as \u003c: 6 bytes each
+		Progress:       maxID,
+		FailedNode:     maxID,
+		Vchannel:       spec.Vchannel,
+	}
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		return 0, err
+	}
+	from, to := meta.ChannelKey(maxID, spec.Name), meta.ChannelKey(maxID-1, spec.Name)
+	return kv.TxnBytes(kv.Txn{
+		If: []kv.Cmp{
+			kv.CmpCreateRevision(meta.CoordinatorKey, kv.Equal, maxID),
+			kv.CmpModRevision(meta.RegistryKey(spec.Name), kv.Equal, maxID),
+			kv.CmpModRevision(from, kv.Equal, maxID),
+			kv.CmpMissing(to),
+		},
+		Then: []kv.Op{kv.OpDelete(from), kv.OpPut(to, val)},
+		Else: []kv.Op{kv.OpGet(meta.CoordinatorKey)},
+	}), nil
+}
 
 // Register records spec under registry/<spec.Name>, create-only: a channel
 // is registered once. The leading coordinator then places it on a node.
-// Errors: meta.ErrInvalidChannel for a bad name, ErrAlreadyRegistered, or
-// the backend's error (kv.ErrUnknownOutcome: retry; a retry that then
+// Errors: meta.ErrInvalidChannel for a bad name, ErrValueTooLarge when
+// AssignmentBytes(spec) exceeds b.MaxTxnBytes() (nothing is written),
+// ErrAlreadyRegistered, or the backend's error (kv.ErrUnknownOutcome: retry; a retry that then
 // returns ErrAlreadyRegistered may have been registered by the first call).
 func Register(ctx context.Context, b kv.KV, spec meta.ChannelSpec) error {
 	val, err := meta.EncodeChannelSpec(spec)
 	if err != nil {
 		return fmt.Errorf("channelmgr: register: %w", err)
+	}
+	n, err := AssignmentBytes(spec)
+	if err != nil {
+		return fmt.Errorf("channelmgr: register: %w", err)
+	}
+	if limit := b.MaxTxnBytes(); n > limit {
+		return fmt.Errorf("%w: %q: its assignment txn would be %d bytes (vchannel %d bytes), the backend's MaxTxnBytes is %d",
+			ErrValueTooLarge, spec.Name, n, len(spec.Vchannel), limit)
 	}
 	key := meta.RegistryKey(spec.Name)
 	resp, err := b.Txn(ctx, kv.Txn{

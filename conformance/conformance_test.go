@@ -36,11 +36,16 @@ func TestKV(t *testing.T) {
 	t.Run("raft", runRaft)
 }
 
-// memFactory gives each scenario a fresh in-memory store on a fake clock.
-// The store's first handle stays with the factory; Open hands out more.
+// memTxnBytes is the memkv limit the suites run under: far below the
+// default, so the Limits scenarios exercise it with small values.
+const memTxnBytes = 256 << 10
+
+// memFactory gives each scenario a fresh in-memory store on a fake clock,
+// with MaxTxnBytes memTxnBytes. The store's first handle stays with the
+// factory; Open hands out more.
 func memFactory(t testing.TB) conformance.Env {
 	clock := clockwork.NewFakeClock()
-	store := memkv.New(memkv.WithClock(clock))
+	store := memkv.New(memkv.WithClock(clock), memkv.WithMaxTxnBytes(memTxnBytes))
 	t.Cleanup(func() { closeHandle(t, store) })
 	return conformance.Env{
 		Open: func(t testing.TB) kv.Backend {

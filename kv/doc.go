@@ -23,7 +23,23 @@
 // Version, CreateRevision and ModRevision 0, and a Value compare on a missing
 // key is always false (there is no value to compare, as in etcd). Each of If,
 // Then and Else may hold at most MaxTxnOps entries, otherwise the Txn fails with
-// ErrTxnTooLarge and writes nothing. A branch that writes the same key twice
+// ErrTxnTooLarge and writes nothing.
+//
+// Sizes. A Txn may be at most MaxTxnBytes bytes as TxnBytes counts them: the
+// keys and values of every compare and op in If, Then and Else (the branch
+// that does not run counts too), plus TxnEntryOverhead per entry. A larger
+// Txn fails with ErrTxnTooLarge and writes nothing, before the backend sends
+// or applies anything; every backend checks it with ValidateTxnBytes, and
+// reports a MaxTxnBytes its engine (etcd's --max-request-bytes, the gRPC
+// client's send limit, raftkv's log) accepts for any Txn within it, root
+// prefix and framing included. A refusal by the engine itself is mapped to
+// ErrTxnTooLarge too. ErrTxnTooLarge is never an unknown outcome: the same Txn
+// fails the same way again, so a caller splits it or gives up; it never
+// resends it unchanged. A value therefore can never be larger than
+// MaxTxnBytes less its key and overhead, and whoever writes values of
+// unbounded size (error texts, payloads) bounds them below that.
+//
+// A branch that writes the same key twice
 // fails with ErrInvalidTxn. A put with a lease that does not exist fails with
 // ErrLeaseNotFound and writes nothing.
 //

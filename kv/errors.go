@@ -15,8 +15,11 @@ var (
 	ErrCompacted = errors.New("kv: required revision has been compacted")
 	// ErrFutureRev: a read or compaction asked for a revision not yet written.
 	ErrFutureRev = errors.New("kv: required revision is a future revision")
-	// ErrTxnTooLarge: a Txn branch holds more than MaxTxnOps entries.
-	ErrTxnTooLarge = errors.New("kv: too many operations in txn")
+	// ErrTxnTooLarge: a Txn list holds more than MaxTxnOps entries, or the
+	// Txn is larger than MaxTxnBytes (or than the engine's own request
+	// limit). Nothing was written; resending the same Txn fails the same
+	// way, so split it.
+	ErrTxnTooLarge = errors.New("kv: txn too large")
 	// ErrInvalidTxn: a Txn branch writes the same key twice, or an op is malformed.
 	ErrInvalidTxn = errors.New("kv: invalid txn")
 	// ErrLeaseNotFound: the lease does not exist (never granted, revoked or expired).

@@ -14,13 +14,20 @@ type KV interface {
 	// List returns every key with the given prefix, sorted by key, all read
 	// at one revision, which it returns. An empty prefix lists the root.
 	List(ctx context.Context, prefix string) ([]KeyValue, int64, error)
-	// Txn applies t atomically. Errors: ErrTxnTooLarge, ErrInvalidTxn,
+	// Txn applies t atomically. Errors: ErrTxnTooLarge (more than MaxTxnOps
+	// entries in a list, or TxnBytes(t) > MaxTxnBytes), ErrInvalidTxn,
 	// ErrInvalidKey, ErrLeaseNotFound (nothing written); ErrUnknownOutcome
 	// when the write may or may not have applied.
 	Txn(ctx context.Context, t Txn) (TxnResponse, error)
 	// MaxTxnOps is the largest number of entries in any one of a Txn's If,
 	// Then and Else lists. Callers batch under it.
 	MaxTxnOps() int
+	// MaxTxnBytes is the largest TxnBytes of a Txn the backend accepts, in
+	// bytes (keys, values and compare values of all three lists, plus
+	// TxnEntryOverhead per entry). A larger Txn fails with ErrTxnTooLarge
+	// and writes nothing. It is constant for the life of the backend and
+	// always > 0. Callers batch under it as under MaxTxnOps.
+	MaxTxnBytes() int
 }
 
 // Watcher watches a prefix.
@@ -84,6 +91,38 @@ func Delete(ctx context.Context, k KV, key string) (int64, bool, error) {
 		return 0, false, err
 	}
 	return r.Revision, len(r.Responses) == 1 && r.Responses[0].Deleted == 1, nil
+}
+
+// TxnEntryOverhead is what TxnBytes counts for each compare and op on top
+// of its key and value: an allowance for the engine's framing (etcd's
+// protobuf tags, lengths, lease and revision fields need less).
+const TxnEntryOverhead = 32
+
+// TxnBytes is the size of t in bytes as the contract counts it against
+// MaxTxnBytes: the key and value of every compare and op in If, Then and
+// Else (both branches, whichever would run), plus TxnEntryOverhead per
+// entry. Keys count as the caller wrote them, without the backend's root.
+func TxnBytes(t Txn) int {
+	n := 0
+	for _, c := range t.If {
+		n += TxnEntryOverhead + len(c.Key) + len(c.Value)
+	}
+	for _, branch := range [][]Op{t.Then, t.Else} {
+		for _, o := range branch {
+			n += TxnEntryOverhead + len(o.Key) + len(o.Value)
+		}
+	}
+	return n
+}
+
+// ValidateTxnBytes returns ErrTxnTooLarge (wrapped, with both sizes) when
+// TxnBytes(t) > maxBytes. Every backend calls it, with its MaxTxnBytes,
+// before touching its engine, next to ValidateTxn.
+func ValidateTxnBytes(t Txn, maxBytes int) error {
+	if n := TxnBytes(t); n > maxBytes {
+		return wrapf(ErrTxnTooLarge, "%d bytes, max %d", n, maxBytes)
+	}
+	return nil
 }
 
 // ValidateTxn checks a Txn against the contract's static rules (key

@@ -3,9 +3,11 @@ package meta
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestChannelKeyRoundTrip(t *testing.T) {
@@ -124,5 +126,33 @@ func TestNodeSession(t *testing.T) {
 	id, err := ParseNodeSessionKey(NodeSessionKey(77))
 	if err != nil || id != 77 {
 		t.Fatal(id, err)
+	}
+}
+
+func TestTruncateError(t *testing.T) {
+	short := strings.Repeat("e", MaxErrorLen)
+	if got := TruncateError(short); got != short {
+		t.Fatalf("an error of exactly MaxErrorLen bytes was changed")
+	}
+	for _, s := range []string{
+		strings.Repeat("x", 4<<20),
+		strings.Repeat("é", MaxErrorLen), // 2-byte runes: the cut must not split one
+		strings.Repeat("x", MaxErrorLen+1),
+	} {
+		got := TruncateError(s)
+		if len(got) > MaxErrorLen {
+			t.Fatalf("truncated to %d bytes, max %d", len(got), MaxErrorLen)
+		}
+		if !utf8.ValidString(got) {
+			t.Fatalf("truncation split a rune")
+		}
+		head, _, ok := strings.Cut(got, "…[truncated ")
+		if !ok || !strings.HasPrefix(s, head) {
+			t.Fatalf("no marker or wrong head: %q", got[len(got)-40:])
+		}
+		want := fmt.Sprintf("…[truncated %d bytes]", len(s)-len(head))
+		if !strings.HasSuffix(got, want) {
+			t.Fatalf("marker %q, want suffix %q", got[len(head):], want)
+		}
 	}
 }

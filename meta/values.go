@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // SchemaVersion is the version written in every value ("v").
@@ -215,4 +216,27 @@ func DecodeCoordSession(key string, b []byte) (CoordSession, error) {
 	var s CoordSession
 	err := decode(key, b, &s)
 	return s, err
+}
+
+// MaxErrorLen bounds ChannelInfo.LastError, in bytes before JSON encoding
+// (which may escape a byte into up to 6): every writer passes its error
+// text through TruncateError, so an assignment's size never depends on how
+// long a handler's error was.
+const MaxErrorLen = 4096
+
+// TruncateError returns s when it is at most MaxErrorLen bytes, and
+// otherwise its head, cut at a UTF-8 boundary, followed by the marker
+// "…[truncated N bytes]" (N: the bytes left out), MaxErrorLen bytes at most
+// in all.
+func TruncateError(s string) string {
+	if len(s) <= MaxErrorLen {
+		return s
+	}
+	// The marker's width depends on N; reserve room for the widest.
+	const reserve = len("…[truncated  bytes]") + 20
+	cut := MaxErrorLen - reserve
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("…[truncated %d bytes]", len(s)-cut)
 }

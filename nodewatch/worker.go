@@ -191,7 +191,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		// Clean up first: the coordinator may move the channel as soon as
 		// it reads WatchFailure.
 		inc.releaseLocal(c, "watch failed")
-		ack.State, ack.LastError, ack.FailedNode = meta.WatchFailure, err.Error(), inc.id
+		ack.State, ack.LastError, ack.FailedNode = meta.WatchFailure, meta.TruncateError(err.Error()), inc.id
 	}
 	if !inc.cas(c, last, ack, log) {
 		log.Info("watch acknowledgement rejected: the coordinator moved on; releasing")
@@ -282,7 +282,7 @@ func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 	if err == nil {
 		ack.State, ack.LastError = meta.Released, ""
 	} else {
-		ack.State, ack.LastError = meta.ReleaseFailure, err.Error()
+		ack.State, ack.LastError = meta.ReleaseFailure, meta.TruncateError(err.Error())
 	}
 	if !inc.cas(c, e.rev, ack, log) {
 		log.Info("release acknowledgement rejected: the coordinator moved on")
@@ -346,6 +346,16 @@ func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *
 		case errors.Is(err, meta.ErrInvalidChannel), errors.Is(err, meta.ErrCorruptValue):
 			log.Error("cannot encode acknowledgement", zap.Error(err))
 			return false
+		case errors.Is(err, kv.ErrTxnTooLarge) && info.LastError != "" && info.LastError != errTextDropped:
+			// Never resent as it is: drop the error text, the one part
+			// of the value the node chose.
+			log.Error("acknowledgement too large for the store; retrying without the error text",
+				zap.Int("last_error_bytes", len(info.LastError)), zap.Error(err))
+			info.LastError = errTextDropped
+			continue
+		case errors.Is(err, kv.ErrTxnTooLarge):
+			log.Error("acknowledgement too large for the store; giving up (the coordinator times the assignment out)", zap.Error(err))
+			return false
 		}
 		ambiguous = ambiguous || errors.Is(err, kv.ErrUnknownOutcome)
 		d := retry.next()
@@ -355,6 +365,10 @@ func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *
 		}
 	}
 }
+
+// errTextDropped replaces a LastError whose acknowledgement the store
+// refused as too large.
+const errTextDropped = "[error text dropped: the acknowledgement was too large for the store]"
 
 func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, error) {
 	ok, rev, _, err := inc.casRead(ctx, key, last, info)

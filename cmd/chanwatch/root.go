@@ -33,6 +33,7 @@ type globalFlags struct {
 	key         string
 	user        string
 	password    string
+	maxReqBytes int
 }
 
 func newRootCmd() *cobra.Command {
@@ -55,6 +56,8 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.key, "key", "", "client key for etcd")
 	pf.StringVar(&g.user, "user", "", "etcd user name (password from --password or CHANWATCH_PASSWORD)")
 	pf.StringVar(&g.password, "password", "", "etcd password")
+	pf.IntVar(&g.maxReqBytes, "max-request-bytes", etcdkv.DefaultMaxRequestBytes,
+		"etcd's --max-request-bytes: txns are packed, and channel specs refused at register, under it")
 
 	root.AddCommand(
 		newDemoCmd(g),
@@ -203,7 +206,7 @@ func (g *globalFlags) connect(ctx context.Context, lg *zap.Logger) (kv.Backend, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to etcd at %s: %v (is etcd running? check --endpoints)", g.endpoints, err)
 	}
-	b, err := etcdkv.New(cli, g.root, etcdkv.WithLogger(lg))
+	b, err := etcdkv.New(cli, g.root, etcdkv.WithLogger(lg), etcdkv.WithMaxRequestBytes(g.maxReqBytes))
 	if err != nil {
 		cli.Close()
 		return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -71,6 +72,15 @@ func (k *KV) convertError(ctx context.Context, err error, write bool) error {
 		return wrap(kv.ErrFutureRev)
 	case errors.Is(e, rpctypes.ErrTooManyOps), errors.Is(e, rpctypes.ErrRequestTooLarge):
 		return wrap(kv.ErrTxnTooLarge)
+	case code == codes.ResourceExhausted && strings.Contains(err.Error(), "trying to send message larger than max"):
+		// The client's MaxCallSendMsgSize: refused before sending.
+		return wrap(kv.ErrTxnTooLarge)
+	case code == codes.ResourceExhausted && write && strings.Contains(err.Error(), "message larger than max"):
+		// "received message larger than max" is either the server's gRPC
+		// limit refusing the request (not applied) or this client
+		// refusing the response (applied). Too large either way: the same
+		// request must not be resent as it is, and its outcome is open.
+		return fmt.Errorf("etcdkv: %w (%w): %v", kv.ErrTxnTooLarge, kv.ErrUnknownOutcome, err)
 	case errors.Is(e, rpctypes.ErrDuplicateKey):
 		return wrap(kv.ErrInvalidTxn)
 	case errors.Is(e, rpctypes.ErrEmptyKey):

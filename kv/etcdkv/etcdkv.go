@@ -19,10 +19,31 @@ const DefaultMaxTxnOps = 128
 // DefaultListPageSize is how many keys List reads per request.
 const DefaultListPageSize = 1000
 
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes (1.5 MiB):
+// the server refuses a larger request with "etcdserver: request is too
+// large".
+const DefaultMaxRequestBytes = 3 << 19
+
+// DefaultMaxCallSendMsgSize is clientv3's default Config.MaxCallSendMsgSize
+// (2 MiB): the client refuses to send a larger request (gRPC
+// ResourceExhausted, "trying to send message larger than max").
+const DefaultMaxCallSendMsgSize = 2 << 20
+
+// requestReserve is what MaxTxnBytes keeps back from the smaller of the two
+// limits for the parts of a request kv.TxnBytes does not count: the request
+// header and framing (reserveFixed) and, per entry, the root prefix on its
+// key and protobuf framing beyond kv.TxnEntryOverhead (reservePerEntry).
+const (
+	reserveFixed    = 4 << 10
+	reservePerEntry = 16
+)
+
 type options struct {
-	maxTxnOps int
-	pageSize  int
-	logger    *zap.Logger
+	maxTxnOps       int
+	maxRequestBytes int
+	maxSendMsgSize  int
+	pageSize        int
+	logger          *zap.Logger
 }
 
 // Option configures New.
@@ -32,6 +53,19 @@ type Option func(*options)
 // must not exceed the server's --max-txn-ops, or large Txns that pass local
 // validation are rejected by the server (still with kv.ErrTxnTooLarge).
 func WithMaxTxnOps(n int) Option { return func(o *options) { o.maxTxnOps = n } }
+
+// WithMaxRequestBytes tells the KV the server's --max-request-bytes
+// (default DefaultMaxRequestBytes). MaxTxnBytes is derived from the smaller
+// of it and WithMaxCallSendMsgSize. Set it when the cluster runs with a
+// non-default limit; a larger value than the server's only means that
+// oversized Txns are refused by the server (still with kv.ErrTxnTooLarge)
+// instead of locally.
+func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestBytes = n } }
+
+// WithMaxCallSendMsgSize tells the KV the client's Config.MaxCallSendMsgSize
+// (default DefaultMaxCallSendMsgSize, clientv3's default; clientv3 does not
+// expose the value of a given client, so pass the one cli was built with).
+func WithMaxCallSendMsgSize(n int) Option { return func(o *options) { o.maxSendMsgSize = n } }
 
 // WithListPageSize sets how many keys List reads per request (default 1000).
 // Smaller pages keep each response small; List still returns one revision.
@@ -43,11 +77,12 @@ func WithLogger(lg *zap.Logger) Option { return func(o *options) { o.logger = lg
 // KV is a kv.Backend on an etcd cluster, confined to one root. Its methods
 // are safe for concurrent use.
 type KV struct {
-	cli       *clientv3.Client
-	prefix    string // root + "/"
-	maxTxnOps int
-	pageSize  int
-	logger    *zap.Logger
+	cli         *clientv3.Client
+	prefix      string // root + "/"
+	maxTxnOps   int
+	maxTxnBytes int
+	pageSize    int
+	logger      *zap.Logger
 
 	// closed is cancelled by Close; every call and watch derives from it.
 	closed context.Context
@@ -60,7 +95,8 @@ var _ kv.Backend = (*KV)(nil)
 // non-empty once trailing '/' are trimmed. The KV does not own cli: Close
 // leaves it open, and the caller must keep it open while the KV is in use.
 func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
-	o := options{maxTxnOps: DefaultMaxTxnOps, pageSize: DefaultListPageSize, logger: zap.NewNop()}
+	o := options{maxTxnOps: DefaultMaxTxnOps, maxRequestBytes: DefaultMaxRequestBytes,
+		maxSendMsgSize: DefaultMaxCallSendMsgSize, pageSize: DefaultListPageSize, logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -74,6 +110,14 @@ func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
 	if o.maxTxnOps <= 0 {
 		return nil, fmt.Errorf("etcdkv: max txn ops %d must be > 0", o.maxTxnOps)
 	}
+	if o.maxRequestBytes <= 0 || o.maxSendMsgSize <= 0 {
+		return nil, fmt.Errorf("etcdkv: max request bytes %d and max send msg size %d must be > 0", o.maxRequestBytes, o.maxSendMsgSize)
+	}
+	maxTxnBytes := min(o.maxRequestBytes, o.maxSendMsgSize) - reserveFixed - 3*o.maxTxnOps*(len(root)+1+reservePerEntry)
+	if maxTxnBytes < 4<<10 {
+		return nil, fmt.Errorf("etcdkv: request limit %d bytes leaves %d for a txn's keys and values (root %q, %d ops): too small",
+			min(o.maxRequestBytes, o.maxSendMsgSize), maxTxnBytes, root, o.maxTxnOps)
+	}
 	if o.pageSize <= 0 {
 		return nil, fmt.Errorf("etcdkv: list page size %d must be > 0", o.pageSize)
 	}
@@ -82,18 +126,25 @@ func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
 	}
 	closed, closeFn := context.WithCancel(context.Background())
 	return &KV{
-		cli:       cli,
-		prefix:    root + "/",
-		maxTxnOps: o.maxTxnOps,
-		pageSize:  o.pageSize,
-		logger:    o.logger.With(zap.String("root", root)),
-		closed:    closed,
-		close:     closeFn,
+		cli:         cli,
+		prefix:      root + "/",
+		maxTxnOps:   o.maxTxnOps,
+		maxTxnBytes: maxTxnBytes,
+		pageSize:    o.pageSize,
+		logger:      o.logger.With(zap.String("root", root)),
+		closed:      closed,
+		close:       closeFn,
 	}, nil
 }
 
 // MaxTxnOps returns the configured largest Txn branch (WithMaxTxnOps).
 func (k *KV) MaxTxnOps() int { return k.maxTxnOps }
+
+// MaxTxnBytes returns the largest kv.TxnBytes of a Txn this KV sends: the
+// smaller of WithMaxRequestBytes and WithMaxCallSendMsgSize, less a reserve
+// for the root prefix on every key and the request's framing, so that a Txn
+// within it is within both limits.
+func (k *KV) MaxTxnBytes() int { return k.maxTxnBytes }
 
 // Close ends this KV: calls in flight and later fail with kv.ErrClosed, and
 // open watches end with a final kv.ErrClosed response. It does not close the

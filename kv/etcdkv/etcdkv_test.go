@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/chanwatch/chanwatch/internal/etcdembed"
@@ -455,4 +456,51 @@ func TestStoppedServer(t *testing.T) {
 	_, err = kv.Put(done, k2, "k", nil)
 	isError(t, err, context.Canceled)
 	notError(t, err, kv.ErrUnknownOutcome)
+}
+
+// TestSizeRefusalsAreTxnTooLarge: when the KV is told larger limits than the
+// client or the server really has, the engine's own refusals still come back
+// as kv.ErrTxnTooLarge (never an unknown outcome) and nothing is written.
+func TestSizeRefusalsAreTxnTooLarge(t *testing.T) {
+	ctx := testContext(t)
+	big := func(n int) kv.Txn {
+		return kv.Txn{Then: []kv.Op{kv.OpPut("big", make([]byte, n))}}
+	}
+	t.Run("ClientSendLimit", func(t *testing.T) {
+		// The client refuses to send anything over 512 KiB.
+		small, err := srv.Client(func(c *clientv3.Config) { c.MaxCallSendMsgSize = 512 << 10 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer small.Close()
+		k := newKVAt(t, small, testRoot(t))
+		_, err = k.Txn(ctx, big(1<<20))
+		if !errors.Is(err, kv.ErrTxnTooLarge) || errors.Is(err, kv.ErrUnknownOutcome) {
+			t.Fatalf("1 MiB txn through a 512 KiB client: got %v, want ErrTxnTooLarge (and a known outcome)", err)
+		}
+		// Told the truth, the KV refuses it before sending and fits under it.
+		k = newKVAt(t, small, testRoot(t), etcdkv.WithMaxCallSendMsgSize(512<<10))
+		if m := k.MaxTxnBytes(); m >= 512<<10 || m < 256<<10 {
+			t.Fatalf("MaxTxnBytes %d with a 512 KiB send limit", m)
+		}
+		if _, err := k.Txn(ctx, big(k.MaxTxnBytes()-kv.TxnEntryOverhead-len("big"))); err != nil {
+			t.Fatalf("a txn of exactly MaxTxnBytes: %v", err)
+		}
+	})
+	t.Run("ServerRequestLimit", func(t *testing.T) {
+		// The client would send 4 MiB; etcd's --max-request-bytes is 1.5 MiB.
+		wide, err := srv.Client(func(c *clientv3.Config) { c.MaxCallSendMsgSize = 4 << 20 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wide.Close()
+		k := newKVAt(t, wide, testRoot(t), etcdkv.WithMaxCallSendMsgSize(4<<20), etcdkv.WithMaxRequestBytes(4<<20))
+		_, err = k.Txn(ctx, big(1700<<10))
+		if !errors.Is(err, kv.ErrTxnTooLarge) || errors.Is(err, kv.ErrUnknownOutcome) {
+			t.Fatalf("1.7 MiB txn to a 1.5 MiB server: got %v, want ErrTxnTooLarge", err)
+		}
+		if _, _, err := k.Get(ctx, "big"); !errors.Is(err, kv.ErrKeyNotFound) {
+			t.Fatalf("refused txn wrote: %v", err)
+		}
+	})
 }

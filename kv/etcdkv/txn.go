@@ -10,11 +10,16 @@ import (
 )
 
 // Txn applies t as one etcd Txn; see kv.KV. It is validated (kv.ValidateTxn
-// against MaxTxnOps) before any request is sent, so an invalid or oversized
-// Txn writes nothing. A failure after sending that leaves the outcome open
+// against MaxTxnOps, kv.ValidateTxnBytes against MaxTxnBytes) before any
+// request is sent, so an invalid or oversized Txn writes nothing; a request
+// the client or the server still refuses for its size fails with
+// kv.ErrTxnTooLarge too. A failure after sending that leaves the outcome open
 // wraps kv.ErrUnknownOutcome as well as its cause.
 func (k *KV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	if err := kv.ValidateTxn(t, k.maxTxnOps); err != nil {
+		return kv.TxnResponse{}, err
+	}
+	if err := kv.ValidateTxnBytes(t, k.maxTxnBytes); err != nil {
 		return kv.TxnResponse{}, err
 	}
 	cmps := make([]clientv3.Cmp, len(t.If))

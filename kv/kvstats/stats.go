@@ -109,6 +109,8 @@ func (s *backend) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 
 func (s *backend) MaxTxnOps() int { return s.b.MaxTxnOps() }
 
+func (s *backend) MaxTxnBytes() int { return s.b.MaxTxnBytes() }
+
 func (s *backend) Watch(ctx context.Context, prefix string, fromRev int64) kv.WatchChan {
 	in := s.b.Watch(ctx, prefix, fromRev)
 	out := make(chan kv.WatchResponse)

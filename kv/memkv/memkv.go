@@ -18,14 +18,19 @@ const firstLeaseID kv.LeaseID = 1<<52 + 1
 // DefaultMaxTxnOps is etcd's default limit on the entries of a Txn branch.
 const DefaultMaxTxnOps = 128
 
+// DefaultMaxTxnBytes is etcd's default --max-request-bytes (1.5 MiB), so
+// that what memkv accepts etcd accepts too.
+const DefaultMaxTxnBytes = 3 << 19
+
 // Option configures New.
 type Option func(*config)
 
 type config struct {
-	clock     clockwork.Clock
-	maxTxnOps int
-	log       *zap.Logger
-	retain    int64
+	clock       clockwork.Clock
+	maxTxnOps   int
+	maxTxnBytes int
+	log         *zap.Logger
+	retain      int64
 }
 
 // WithClock sets the clock of lease deadlines (default: the real clock).
@@ -35,6 +40,12 @@ func WithClock(c clockwork.Clock) Option { return func(cfg *config) { cfg.clock 
 // WithMaxTxnOps sets the largest number of entries in each of a Txn's If,
 // Then and Else lists (default 128). New panics when n <= 0.
 func WithMaxTxnOps(n int) Option { return func(cfg *config) { cfg.maxTxnOps = n } }
+
+// WithMaxTxnBytes sets MaxTxnBytes, the largest kv.TxnBytes of a Txn
+// (default DefaultMaxTxnBytes); a larger Txn fails with kv.ErrTxnTooLarge.
+// Tests set a small one to exercise the limit cheaply. New panics when
+// n <= 0.
+func WithMaxTxnBytes(n int) Option { return func(cfg *config) { cfg.maxTxnBytes = n } }
 
 // WithLogger sets the logger (default zap.NewNop(); nil means the default).
 func WithLogger(l *zap.Logger) Option { return func(cfg *config) { cfg.log = l } }
@@ -47,11 +58,12 @@ func WithAutoCompact(retain int64) Option { return func(cfg *config) { cfg.retai
 // shared is what every handle of one KV shares: the store, the clock and
 // the lease deadlines.
 type shared struct {
-	store     *Store
-	clock     clockwork.Clock
-	log       *zap.Logger
-	maxTxnOps int
-	retain    int64
+	store       *Store
+	clock       clockwork.Clock
+	log         *zap.Logger
+	maxTxnOps   int
+	maxTxnBytes int
+	retain      int64
 
 	leaseMu     sync.Mutex // orders lease calls and expiry; taken before the store's lock
 	nextLeaseID kv.LeaseID
@@ -83,10 +95,10 @@ var _ kv.Backend = (*KV)(nil)
 
 // New returns a KV on a fresh Store, with its lease-expiry goroutine
 // running. It panics on an invalid option value (nil clock, max txn ops
-// <= 0, negative auto-compact retention): that is a programming error. Close
+// or bytes <= 0, negative auto-compact retention): that is a programming error. Close
 // the returned KV to stop the goroutine.
 func New(opts ...Option) *KV {
-	cfg := config{clock: clockwork.NewRealClock(), maxTxnOps: DefaultMaxTxnOps}
+	cfg := config{clock: clockwork.NewRealClock(), maxTxnOps: DefaultMaxTxnOps, maxTxnBytes: DefaultMaxTxnBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -95,6 +107,8 @@ func New(opts ...Option) *KV {
 		panic("memkv: WithClock(nil)")
 	case cfg.maxTxnOps <= 0:
 		panic(fmt.Sprintf("memkv: WithMaxTxnOps(%d): must be > 0", cfg.maxTxnOps))
+	case cfg.maxTxnBytes <= 0:
+		panic(fmt.Sprintf("memkv: WithMaxTxnBytes(%d): must be > 0", cfg.maxTxnBytes))
 	case cfg.retain < 0:
 		panic(fmt.Sprintf("memkv: WithAutoCompact(%d): must be >= 0", cfg.retain))
 	}
@@ -106,6 +120,7 @@ func New(opts ...Option) *KV {
 		clock:       cfg.clock,
 		log:         cfg.log,
 		maxTxnOps:   cfg.maxTxnOps,
+		maxTxnBytes: cfg.maxTxnBytes,
 		retain:      cfg.retain,
 		nextLeaseID: firstLeaseID,
 		deadlines:   make(map[kv.LeaseID]time.Time),

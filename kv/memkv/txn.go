@@ -167,11 +167,15 @@ func (s *Store) deleteLocked(key string) {
 	s.hist = append(s.hist, histEvent{key: key, del: true})
 }
 
-// Txn applies t; see kv.KV. A Txn still hung when its context ends fails
+// Txn applies t; see kv.KV. It checks t against MaxTxnBytes
+// (kv.ErrTxnTooLarge) before the store sees it. A Txn still hung when its context ends fails
 // with an error wrapping kv.ErrUnknownOutcome and ctx.Err(), and is not
 // applied.
 func (m *KV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	if err := m.begin(ctx, true); err != nil {
+		return kv.TxnResponse{}, err
+	}
+	if err := kv.ValidateTxnBytes(t, m.sh.maxTxnBytes); err != nil {
 		return kv.TxnResponse{}, err
 	}
 	resp, err := m.sh.store.Txn(t, m.sh.maxTxnOps)
@@ -185,3 +189,7 @@ func (m *KV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 // MaxTxnOps returns the largest number of entries allowed in each of a
 // Txn's If, Then and Else lists (WithMaxTxnOps, default 128).
 func (m *KV) MaxTxnOps() int { return m.sh.maxTxnOps }
+
+// MaxTxnBytes returns the largest kv.TxnBytes of a Txn (WithMaxTxnBytes,
+// default DefaultMaxTxnBytes).
+func (m *KV) MaxTxnBytes() int { return m.sh.maxTxnBytes }

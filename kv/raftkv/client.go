@@ -110,6 +110,9 @@ func (c *Client) Txn(ctx context.Context, t kv.Txn) (resp kv.TxnResponse, err er
 	if err := kv.ValidateTxn(t, c.n.MaxTxnOps()); err != nil {
 		return kv.TxnResponse{}, err
 	}
+	if err := kv.ValidateTxnBytes(t, c.MaxTxnBytes()); err != nil {
+		return kv.TxnResponse{}, err
+	}
 	if c.prefix != "" {
 		t = kv.Txn{If: c.cmps(t.If), Then: c.ops(t.Then), Else: c.ops(t.Else)}
 	}
@@ -150,6 +153,13 @@ func (c *Client) strip(item *kv.KeyValue) {
 
 // MaxTxnOps is Node.MaxTxnOps.
 func (c *Client) MaxTxnOps() int { return c.n.MaxTxnOps() }
+
+// MaxTxnBytes is Node.MaxTxnBytes less what the root adds to the keys of
+// the largest Txn (3 × MaxTxnOps keys), so that any Txn within it is within
+// the node's limit once its keys carry the root.
+func (c *Client) MaxTxnBytes() int {
+	return max(1, c.n.MaxTxnBytes()-3*c.n.MaxTxnOps()*len(c.prefix))
+}
 
 // Compact is Node.Compact.
 func (c *Client) Compact(ctx context.Context, rev int64) error {

@@ -21,6 +21,19 @@ var ErrInvalidConfig = errors.New("raftkv: invalid config")
 // DefaultMaxTxnOps is etcd's default limit on the entries of a Txn branch.
 const DefaultMaxTxnOps = 128
 
+// DefaultMaxTxnBytes is etcd's default --max-request-bytes (1.5 MiB): the
+// largest kv.TxnBytes of a Txn a node accepts unless WithMaxTxnBytes says
+// otherwise.
+const DefaultMaxTxnBytes = 3 << 19
+
+// MaxTxnBytesLimit caps WithMaxTxnBytes. A Txn is one raft log entry: it
+// is written whole into one bolt value (bolt's limit is 2 GiB), gob-encoded
+// whole when forwarded, and sent in one AppendEntries that holds up the
+// heartbeats behind it on hashicorp/raft's pipeline. 64 MiB keeps an entry
+// far below the first two and its send time at loopback and LAN speeds
+// well under the default heartbeat timeout (1 s).
+const MaxTxnBytesLimit = 64 << 20
+
 // Peer is one voting member of a cluster: its stable ID and the address
 // other nodes reach it at (raft traffic and forwarded requests share it).
 type Peer struct {
@@ -105,6 +118,7 @@ type options struct {
 	log            *zap.Logger
 	clock          clockwork.Clock
 	maxTxnOps      int
+	maxTxnBytes    int
 	minLeaseTTL    time.Duration
 	requestTimeout time.Duration
 	leaseCheck     time.Duration
@@ -128,6 +142,7 @@ func defaultOptions() options {
 		log:               zap.NewNop(),
 		clock:             clockwork.NewRealClock(),
 		maxTxnOps:         DefaultMaxTxnOps,
+		maxTxnBytes:       DefaultMaxTxnBytes,
 		minLeaseTTL:       time.Second,
 		requestTimeout:    10 * time.Second,
 		leaseCheck:        50 * time.Millisecond,
@@ -153,6 +168,12 @@ func WithClock(c clockwork.Clock) Option { return func(o *options) { o.clock = c
 // Then and Else lists (default 128). Every node of a cluster should use the
 // same value: the node that receives a Txn checks it.
 func WithMaxTxnOps(n int) Option { return func(o *options) { o.maxTxnOps = n } }
+
+// WithMaxTxnBytes sets the largest kv.TxnBytes of a Txn, keys counted with
+// the Client's root (default DefaultMaxTxnBytes, at most MaxTxnBytesLimit).
+// Every node of a cluster should use the same value: the node that
+// receives a Txn checks it, and the leader checks a forwarded one again.
+func WithMaxTxnBytes(n int) Option { return func(o *options) { o.maxTxnBytes = n } }
 
 // WithMinLeaseTTL sets the smallest lease TTL; Grant raises shorter ones to
 // it (default 1s). A lease shorter than a leader election can expire
@@ -215,6 +236,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("%w: nil clock", ErrInvalidConfig)
 	case o.maxTxnOps <= 0:
 		return fmt.Errorf("%w: max txn ops %d <= 0", ErrInvalidConfig, o.maxTxnOps)
+	case o.maxTxnBytes <= 0 || o.maxTxnBytes > MaxTxnBytesLimit:
+		return fmt.Errorf("%w: max txn bytes %d not in (0, %d]", ErrInvalidConfig, o.maxTxnBytes, MaxTxnBytesLimit)
 	case o.minLeaseTTL < 0:
 		return fmt.Errorf("%w: min lease TTL %v < 0", ErrInvalidConfig, o.minLeaseTTL)
 	case o.requestTimeout <= 0:

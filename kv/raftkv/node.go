@@ -546,7 +546,10 @@ func (n *Node) applyLocal(ctx context.Context, c command) (*result, error) {
 func (n *Node) checkCommand(c command) error {
 	switch c.Op {
 	case opTxn:
-		return kv.ValidateTxn(*c.Txn, n.o.maxTxnOps)
+		if err := kv.ValidateTxn(*c.Txn, n.o.maxTxnOps); err != nil {
+			return err
+		}
+		return kv.ValidateTxnBytes(*c.Txn, n.o.maxTxnBytes)
 	case opGrant:
 		if c.TTL <= 0 {
 			return fmt.Errorf("%w: %v", kv.ErrInvalidTTL, c.TTL)

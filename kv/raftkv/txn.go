@@ -45,6 +45,9 @@ func (n *Node) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	if err := kv.ValidateTxn(t, n.o.maxTxnOps); err != nil {
 		return kv.TxnResponse{}, err
 	}
+	if err := kv.ValidateTxnBytes(t, n.o.maxTxnBytes); err != nil {
+		return kv.TxnResponse{}, err
+	}
 	if !writes(t) {
 		if err := n.linearize(ctx); err != nil {
 			return kv.TxnResponse{}, err
@@ -72,6 +75,10 @@ func writes(t kv.Txn) bool {
 // MaxTxnOps returns the largest number of entries allowed in each of a
 // Txn's If, Then and Else lists (WithMaxTxnOps, default 128).
 func (n *Node) MaxTxnOps() int { return n.o.maxTxnOps }
+
+// MaxTxnBytes returns the largest kv.TxnBytes of a Txn (WithMaxTxnBytes,
+// default DefaultMaxTxnBytes).
+func (n *Node) MaxTxnBytes() int { return n.o.maxTxnBytes }
 
 // Compact discards history up to and including rev on every replica,
 // through the log. Errors: kv.ErrFutureRev, a *kv.CompactedError when rev
