@@ -47,6 +47,17 @@ var mepScenarios = []mepScenario{
 	{"BadRegistryCalls", mepBadRegistryCalls},
 	{"HandlerPanics", mepHandlerPanics},
 	{"HandlerNeverReturns", mepHandlerNeverReturns},
+	{"EvictionWriteAmbiguous", mepEvictionWriteAmbiguous},
+	{"EvictionRevokeAmbiguous", mepEvictionRevokeAmbiguous},
+	{"LeaseRevokedByStore", mepLeaseRevokedByStore},
+	{"NodeIDCounterLost", mepNodeIDCounterLost},
+	{"NodeIDCounterCorrupt", mepNodeIDCounterCorrupt},
+	{"CorruptLeaderKey", mepCorruptLeaderKey},
+	{"CorruptLeaderKeyCutOff", mepCorruptLeaderKeyCutOff},
+	{"CorruptControlFlags", mepCorruptControlFlags},
+	{"NodeWritesAmbiguous", mepNodeWritesAmbiguous},
+	{"ReleaseFailsDuringSelfFence", mepReleaseFailsDuringSelfFence},
+	{"ReleaseFailsTwiceDuringSelfFence", mepReleaseFailsTwiceDuringSelfFence},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -59,6 +59,46 @@ type procKV struct {
 	writesLeft atomic.Int64
 	// compacted counts watches this handle saw end with ErrCompacted.
 	compacted atomic.Int64
+	// ambiguous are one-shot faults: see Ambiguous.
+	ambiguous []ambiguity
+}
+
+// ambiguity is one pending Ambiguous fault.
+type ambiguity struct {
+	match func(call string, t kv.Txn) bool
+	then  func()
+}
+
+// Ambiguous makes the next call that match accepts ("txn" with its Txn, or
+// "revoke" with an empty one) apply, then run then (if not nil), then fail
+// with an error wrapping kv.ErrUnknownOutcome: a connection that breaks
+// after the request went out. Faults queue; each fires once.
+func (p *procKV) Ambiguous(match func(call string, t kv.Txn) bool, then func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ambiguous = append(p.ambiguous, ambiguity{match: match, then: then})
+}
+
+// takeAmbiguous pops the first pending fault that matches, if any, runs
+// its then and returns the error the call must answer (nil: none).
+func (p *procKV) takeAmbiguous(call string, t kv.Txn) error {
+	p.mu.Lock()
+	var hit *ambiguity
+	for i, a := range p.ambiguous {
+		if a.match(call, t) {
+			hit = &a
+			p.ambiguous = append(p.ambiguous[:i:i], p.ambiguous[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	if hit == nil {
+		return nil
+	}
+	if hit.then != nil {
+		hit.then()
+	}
+	return fmt.Errorf("conformance: %s applied, then the connection broke: %w", call, kv.ErrUnknownOutcome)
 }
 
 // crashAfterWrites makes the process crash right after n more successful
@@ -187,7 +227,10 @@ func (p *procKV) Revoke(ctx context.Context, id kv.LeaseID) error {
 	if err := p.gate(ctx, true); err != nil {
 		return err
 	}
-	return p.Backend.Revoke(ctx, id)
+	if err := p.Backend.Revoke(ctx, id); err != nil {
+		return err
+	}
+	return p.takeAmbiguous("revoke", kv.Txn{})
 }
 
 func (p *procKV) TimeToLive(ctx context.Context, id kv.LeaseID) (time.Duration, error) {
@@ -212,7 +255,22 @@ func (p *procKV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	if err == nil && p.checkWrite(t, resp) && p.writesLeft.Load() > 0 && p.writesLeft.Add(-1) == 0 {
 		_ = p.Close()
 	}
+	if err == nil && resp.Succeeded {
+		if aerr := p.takeAmbiguous("txn", t); aerr != nil {
+			return kv.TxnResponse{}, aerr
+		}
+	}
 	return resp, err
+}
+
+// putsKey reports whether t's Then branch puts key, and returns the value.
+func putsKey(t kv.Txn, key string) ([]byte, bool) {
+	for _, o := range t.Then {
+		if o.Type == kv.OpTypePut && o.Key == key {
+			return o.Value, true
+		}
+	}
+	return nil, false
 }
 
 // checkWrite checks a txn that ran against the process's write rules and
@@ -245,6 +303,9 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 		if guarded && token == 0 {
 			// A campaign: creates the leader key, which is its own token.
 			token = resp.Revision
+		}
+		if !guarded && resp.Succeeded && clearsLeaderKey(t, writes) {
+			return true // a candidate clearing a corrupt leader key nobody repaired
 		}
 		if !guarded {
 			p.chk.report("fencing: coordinator %s wrote %s at revision %d without its leadership guard", p.name, opKeys(writes), resp.Revision)
@@ -282,6 +343,20 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 		}
 	}
 	return true
+}
+
+// clearsLeaderKey reports whether t only deletes the leader key, under a
+// compare on its mod revision (session.Campaign's repair of a corrupt key).
+func clearsLeaderKey(t kv.Txn, writes []kv.Op) bool {
+	if len(writes) != 1 || writes[0].Type != kv.OpTypeDelete || writes[0].Key != meta.CoordinatorKey {
+		return false
+	}
+	for _, c := range t.If {
+		if c.Key == meta.CoordinatorKey && c.Target == kv.TargetModRevision && c.Result == kv.Equal && c.Num > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func opKeys(ops []kv.Op) string {

@@ -115,15 +115,19 @@ type Recorder struct {
 	// deletion and when it happened.
 	tolerance time.Duration
 
-	mu         sync.Mutex
-	seq        int64
-	events     []HandlerEvent
-	intervals  []*Interval
-	open       map[string]map[string]*Interval // channel -> node -> open interval
-	maxToken   map[string]int64                // channel -> largest token watched
-	seen       map[string]map[int64]bool       // channel -> tokens watched
-	gone       map[int64]goneNode              // node ID -> when its session ended
-	dead       map[string]bool                 // crashed processes
+	mu        sync.Mutex
+	seq       int64
+	events    []HandlerEvent
+	intervals []*Interval
+	open      map[string]map[string]*Interval // channel -> node -> open interval
+	maxToken  map[string]int64                // channel -> largest token watched
+	seen      map[string]map[int64]bool       // channel -> tokens watched
+	gone      map[int64]goneNode              // node ID -> when its session ended
+	dead      map[string]bool                 // crashed processes
+	// failedRel: channel -> process whose last Release of it failed, so
+	// its handler may still hold it (the Handler contract retries Release
+	// before any new Watch there).
+	failedRel  map[string]map[string]bool
 	violations []string
 }
 
@@ -139,6 +143,7 @@ func NewRecorder(clock clockwork.Clock, tolerance time.Duration) *Recorder {
 		maxToken:  make(map[string]int64),
 		seen:      make(map[string]map[int64]bool),
 		gone:      make(map[int64]goneNode),
+		failedRel: make(map[string]map[string]bool),
 		dead:      make(map[string]bool),
 	}
 }
@@ -190,6 +195,10 @@ func (r *Recorder) watchStart(node string, nodeID int64, info meta.ChannelInfo) 
 	}
 	r.seen[ch][info.AssignRevision] = true
 	r.maxToken[ch] = max(r.maxToken[ch], info.AssignRevision)
+	if r.failedRel[ch][node] {
+		r.violate("channel %s: Watch on %s (node %d, token %d) after its Release there failed, with no successful Release in between",
+			ch, node, nodeID, info.AssignRevision)
+	}
 	for other, iv := range r.open[ch] {
 		if r.abandonedLocked(iv, e.Time) {
 			continue
@@ -259,6 +268,14 @@ func (r *Recorder) releaseEnd(node string, nodeID int64, ch string, err error) {
 		return
 	}
 	e := r.logLocked(HandlerEvent{Node: node, NodeID: nodeID, Channel: ch, Kind: ReleaseEnd, Err: err})
+	if err != nil {
+		if r.failedRel[ch] == nil {
+			r.failedRel[ch] = make(map[string]bool)
+		}
+		r.failedRel[ch][node] = true
+	} else {
+		delete(r.failedRel[ch], node)
+	}
 	if iv := r.open[ch][node]; iv != nil {
 		iv.End, iv.EndSeq = e.Time, e.Seq
 		delete(r.open[ch], node)

@@ -141,7 +141,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			log.Warn("not starting channel: its earlier Release failed again", zap.Error(err))
 			ack := e.info
 			ack.State, ack.FailedNode = meta.WatchFailure, inc.id
-			ack.LastError = "an earlier Release of this channel failed and must succeed before it can be watched again: " + err.Error()
+			ack.LastError = meta.TruncateError("an earlier Release of this channel failed and must succeed before it can be watched again: " + err.Error())
 			ack.AssignRevision = e.rev
 			inc.cas(c, e.rev, ack, log)
 			return
