@@ -142,15 +142,10 @@ func (rt *chanRT) pending(rev int64, now time.Time) bool {
 }
 
 // timedOut arms a timeout for key k at its current mod revision (any write,
-// such as a Progress bump, re-arms it) and reports whether it expired.
-// Nothing times out while the watch is down: an answer may be unseen.
+// such as a Progress bump, re-arms it) and reports whether it expired; see
+// expired for watch outages.
 func (r *reconciler) timedOut(k *keyEntry, d time.Duration, now time.Time) bool {
-	t := r.timers[k.key]
-	if t.rev != k.modRev {
-		r.timers[k.key] = timer{rev: k.modRev, deadline: now.Add(d)}
-		return false
-	}
-	return r.watchOK && !now.Before(t.deadline)
+	return r.expired(k.key, k.modRev, d, now)
 }
 
 // goneWait reports whether key k, on a node that is gone, must still wait

@@ -40,7 +40,10 @@
 // the next leader: a timeout restarts from when the new leader first sees
 // the key, and channels of nodes that are already gone wait one node TTL
 // after the new leader takes over, in case the old one had just evicted
-// them.
+// them. Within one term a timeout belongs to the key's mod revision and
+// survives watch resumes and re-lists: it does not fire while the watch is
+// down, and the outage is credited back, at most one timeout in all, so a
+// flapping watch cannot postpone an eviction forever.
 //
 // Wiring it into Milvus: DataCoord calls Register for each vchannel of a new
 // collection (meta.ChannelSpec carries the collection ID and the opaque

@@ -24,7 +24,7 @@ import (
 // Test timing: everything runs on a fake clock; real time only bounds how
 // long a test waits for goroutines to react.
 const (
-	waitFor  = 10 * time.Second // real-time deadline of eventually
+	waitFor  = 30 * time.Second // real-time deadline of eventually, sized for a loaded machine (make test-load)
 	nodeTTL  = 10 * time.Second
 	step     = time.Second // = the coordinators' check interval
 	coordTTL = time.Hour   // coordinators never fence by accident

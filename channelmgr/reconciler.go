@@ -28,12 +28,15 @@ type reconciler struct {
 
 	v       view
 	watchOK bool // false while the watch is down: the view may be stale
-	chans   map[string]*chanRT
-	nodes   map[int64]*nodeRT
-	badSeen map[string]int64
-	timers  map[string]timer // by assignment key
-	retry   []*batch         // batches whose outcome is unknown, to resend as they are
-	refused int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
+	// staleSince is when the watch went down (zero while it runs): the
+	// outage credited to the deadlines when it runs again (see viewFresh).
+	staleSince time.Time
+	chans      map[string]*chanRT
+	nodes      map[int64]*nodeRT
+	badSeen    map[string]int64
+	timers     map[string]timer // by assignment key
+	retry      []*batch         // batches whose outcome is unknown, to resend as they are
+	refused    int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -58,13 +61,6 @@ type chanRT struct {
 	// tooLargeRev is the channel revision at which pack last logged that
 	// the channel's writes do not fit in a txn.
 	tooLargeRev int64
-}
-
-// timer is the timeout of a ToWatch or ToRelease key, armed when we first
-// saw its mod revision.
-type timer struct {
-	rev      int64
-	deadline time.Time
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {
@@ -122,7 +118,6 @@ func (r *reconciler) run(ctx context.Context) error {
 		case <-rewatch:
 			rewatch = nil
 			wch, wcancel = r.watch(ctx)
-			r.rearm()
 		case resp, ok := <-wch:
 			// A pass walks every channel, so deciding after each small
 			// response would let a busy watch (thousands of acks) outrun
@@ -141,7 +136,7 @@ func (r *reconciler) run(ctx context.Context) error {
 				if !ok || resp.Err != nil {
 					wcancel()
 					wch = nil
-					r.watchOK = false
+					r.viewStale(r.clock.Now())
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
@@ -199,10 +194,13 @@ func (r *reconciler) run(ctx context.Context) error {
 // before its next pass (see run): the delay it adds to any decision.
 const maxFoldWindow = 200 * time.Millisecond
 
-// watch watches the whole root from just after the view's revision.
+// watch watches the whole root from just after the view's revision. The
+// events the view missed come first, and a deadline that fires before they
+// are folded is checked against the store before anything is done (evict
+// reads the key, release compares its mod revision).
 func (r *reconciler) watch(ctx context.Context) (kv.WatchChan, context.CancelFunc) {
 	wctx, cancel := context.WithCancel(ctx)
-	r.watchOK = true
+	r.viewFresh(r.clock.Now())
 	return r.b.Watch(wctx, "", r.v.rev+1), cancel
 }
 
@@ -218,7 +216,8 @@ func (r *reconciler) fold(evs []kv.Event) {
 
 // relist replaces the view with one List of the root, retrying on the
 // check interval until it succeeds or ctx ends. Nodes that vanished
-// meanwhile are handled as deletions.
+// meanwhile are handled as deletions. Deadlines are kept: they belong to a
+// (key, mod revision), and a key the list shows unchanged has not answered.
 func (r *reconciler) relist(ctx context.Context) error {
 	for {
 		kvs, rev, err := r.b.List(ctx, "")
@@ -234,7 +233,6 @@ func (r *reconciler) relist(ctx context.Context) error {
 					r.nodeGone(id, n)
 				}
 			}
-			r.rearm()
 			r.log.Info("listed root", zap.Int64("revision", rev), zap.Int("keys", len(kvs)),
 				zap.Int("registered", len(r.v.registry)), zap.Int("nodes", len(r.v.nodes)))
 			return nil
@@ -255,7 +253,3 @@ func (r *reconciler) relist(ctx context.Context) error {
 		}
 	}
 }
-
-// rearm restarts every timeout from now: after the view may have been
-// stale, an answer we have not seen yet must not count as a timeout.
-func (r *reconciler) rearm() { clear(r.timers) }

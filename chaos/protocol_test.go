@@ -504,7 +504,7 @@ func awaitConvergence(t testing.TB, r *report, b kv.KV, nodes []*member, l *ledg
 	ctx := testCtx(t)
 	var why string
 	var v *storeView
-	if poll(within, func() bool {
+	if poll(liveWithin(within), func() bool {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		why, v = convergence(cctx, b, nodes, l)
@@ -522,7 +522,7 @@ func awaitConvergence(t testing.TB, r *report, b kv.KV, nodes []*member, l *ledg
 		}
 		r.addLost(lost)
 	}
-	t.Fatalf("no convergence within %v: %s", within, why)
+	t.Fatalf("no convergence within %v (%v promised, with load slack): %s", liveWithin(within), within, why)
 }
 
 func registerChannels(t testing.TB, b kv.KV, names ...string) {

@@ -29,6 +29,7 @@ var mepScenarios = []mepScenario{
 	{"RemainingToNewNode", mepRemainingToNewNode},
 	{"WatchTimeoutReassign", mepWatchTimeoutReassign},
 	{"WatchFailureReassign", mepWatchFailureReassign},
+	{"FailureReasonKept", mepFailureReasonKept},
 	{"SlowWatchWithProgress", mepSlowWatchWithProgress},
 	{"ReleaseTimeout", mepReleaseTimeout},
 	{"StaleAckRejected", mepStaleAckRejected},

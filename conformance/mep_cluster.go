@@ -34,7 +34,8 @@ type mepTiming struct {
 	// tolerance is how much earlier than one TTL after a session's end a
 	// new owner may start (the suite observes the end a little late).
 	tolerance time.Duration
-	// wait bounds, in real time, every wait for a condition.
+	// wait bounds, in real time, how long a wait for a condition may go
+	// without progress (see waitFor).
 	wait time.Duration
 }
 
@@ -98,8 +99,8 @@ type mep struct {
 }
 
 func newMEP(t *testing.T, env Env) *mep {
-	// No overall deadline beyond the test's: every wait is bounded by
-	// tm.wait, and RandomizedChurn may run for thousands of rounds.
+	// No overall deadline beyond the test's: every wait is bounded (see
+	// waitFor), and RandomizedChurn may run for thousands of rounds.
 	m := &mep{t: t, env: env, ctx: t.Context(), logs: newLogRing(400)}
 	m.clock = env.Clock
 	if m.clock == nil {
@@ -192,13 +193,32 @@ func (m *mep) summary() string {
 }
 
 // waitFor waits until cond returns "" (otherwise it says what is still
-// missing), failing the scenario on a violation or after tm.wait. On a fake
-// clock it advances the clock by one step whenever the store has been quiet
-// for a few polls: components only act on events and on timers, so a quiet
-// store means they are waiting for time to pass.
+// missing), failing the scenario on a violation at once. On a fake clock it
+// advances the clock by one step whenever the store has been quiet for a
+// few polls: components only act on events and on timers, so a quiet store
+// means they are waiting for time to pass.
+//
+// It is a liveness wait, so it is bounded by progress, not by real time
+// alone (a loaded machine runs the same protocol slower): it fails when
+// neither the store's revision nor the fake clock has moved for tm.wait, or
+// after 3 tm.wait in all; on a fake clock also once mepFakeBudget of fake
+// time has passed, the protocol-time bound, which no load changes.
 func (m *mep) waitFor(what string, cond func() string) {
 	m.t.Helper()
-	deadline := time.Now().Add(m.tm.wait)
+	m.waitForWithin(what, mepFakeBudget, cond)
+}
+
+// mepFakeBudget is how much fake time a wait may let pass: far more than
+// any expectation of the suite needs (timeouts are 30 s, TTLs 10 s).
+const mepFakeBudget = 30 * time.Minute
+
+func (m *mep) waitForWithin(what string, fakeBudget time.Duration, cond func() string) {
+	m.t.Helper()
+	d := newLiveDeadline(m.tm.wait, 3*m.tm.wait)
+	var fakeStart time.Time
+	if m.fake != nil {
+		fakeStart = m.fake.Now()
+	}
 	tick := time.NewTicker(mepPoll)
 	defer tick.Stop()
 	lastRev, quiet := int64(-1), 0
@@ -208,10 +228,21 @@ func (m *mep) waitFor(what string, cond func() string) {
 		if why == "" {
 			return
 		}
-		if time.Now().After(deadline) {
-			m.fatalf("not within %v: %s: %s", m.tm.wait, what, why)
+		// Progress: the Checker's revision (it follows the store's
+		// watch, so reading it costs no request) and the fake clock.
+		var fakeNow int64
+		if m.fake != nil {
+			fakeNow = m.fake.Now().UnixNano()
+		}
+		now := time.Now()
+		d.progress(now, m.chk.Rev(), fakeNow)
+		if over := d.expired(now); over != "" {
+			m.fatalf("%s: %s: %s", over, what, why)
 		}
 		if m.fake != nil {
+			if passed := m.fake.Since(fakeStart); passed > fakeBudget {
+				m.fatalf("not within %v of fake time: %s: %s", fakeBudget, what, why)
+			}
 			rev := m.storeRev()
 			if rev == lastRev && rev == m.chk.Rev() {
 				quiet++
@@ -246,7 +277,7 @@ func (m *mep) elapse(d time.Duration) {
 	m.t.Helper()
 	if m.fake != nil {
 		end := m.fake.Now().Add(d)
-		m.waitFor(fmt.Sprintf("%v of fake time to pass", d), func() string {
+		m.waitForWithin(fmt.Sprintf("%v of fake time to pass", d), d+m.tm.step, func() string {
 			if m.fake.Now().Before(end) {
 				return fmt.Sprintf("%v left", end.Sub(m.fake.Now()))
 			}

@@ -320,3 +320,31 @@ func TestMinMoves(t *testing.T) {
 		}
 	}
 }
+
+// Issue 12 (liveness), kind C: a liveness wait extends while its marks
+// move (a loaded machine), fails once they stall, and has an overall cap.
+func TestLiveDeadlineExtendsWithProgress(t *testing.T) {
+	d := newLiveDeadline(10*time.Second, 30*time.Second)
+	at := func(s int) time.Time { return d.start.Add(time.Duration(s) * time.Second) }
+	d.progress(at(0), 1, 100)
+	for s := 5; s <= 20; s += 5 {
+		d.progress(at(s), int64(s), 100) // the revision keeps moving
+		if why := d.expired(at(s + 9)); why != "" {
+			t.Fatalf("expired at %ds while progressing: %s", s+9, why)
+		}
+	}
+	d.progress(at(30), 30, 100)
+	if why := d.expired(at(31)); !strings.Contains(why, "still progressing") {
+		t.Fatalf("past the cap: %q, want the overall limit", why)
+	}
+
+	d = newLiveDeadline(10*time.Second, 30*time.Second)
+	d.progress(at(0), 7, 100)
+	d.progress(at(8), 7, 100) // the same marks: no progress
+	if why := d.expired(at(10)); why != "" {
+		t.Fatalf("expired at the stall bound itself: %s", why)
+	}
+	if why := d.expired(at(11)); !strings.Contains(why, "without progress") {
+		t.Fatalf("stalled 11s: %q, want a stall failure", why)
+	}
+}

@@ -213,7 +213,7 @@ func corruptLeaderKey(m *mep, cutLeader bool) {
 	}
 }
 
-func mepCorruptLeaderKey(t *testing.T, m *mep)      { corruptLeaderKey(m, false) }
+func mepCorruptLeaderKey(t *testing.T, m *mep)       { corruptLeaderKey(m, false) }
 func mepCorruptLeaderKeyCutOff(t *testing.T, m *mep) { corruptLeaderKey(m, true) }
 
 // mepCorruptControlFlags: a garbage balance-pause flag and a garbage ID

@@ -39,7 +39,9 @@ type ChannelInfo struct {
 	AssignRevision int64 `json:"assign_rev,omitempty"`
 	// Attempts counts placements of this channel that failed or timed out.
 	Attempts int `json:"attempts,omitempty"`
-	// LastError is the last failure reported or detected, for operators.
+	// LastError is the last failure reported or detected, for operators. It
+	// stays through the release, the backoff and the next attempts; only a
+	// successful Watched clears it.
 	LastError string `json:"last_error,omitempty"`
 	// Progress is bumped by the node while a long Watch runs; any change
 	// re-arms the coordinator's timeout.

@@ -18,8 +18,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// waitFor bounds every wait, in real time.
-const waitFor = 10 * time.Second
+// waitFor bounds every wait, in real time; sized for a loaded machine
+// (make test-load), where the waits are liveness waits only.
+const waitFor = 30 * time.Second
 
 // eventually polls cond until it holds or timeout passes (real time).
 func eventually(t testing.TB, cond func() bool, timeout time.Duration, msg string, args ...any) {

@@ -280,7 +280,10 @@ func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 	err := inc.releaseLocal(c, "coordinator asked")
 	ack := e.info
 	if err == nil {
-		ack.State, ack.LastError = meta.Released, ""
+		// LastError stays: it is why the channel is being released (a
+		// failure the coordinator waits out its backoff for); only a
+		// successful Watched clears it.
+		ack.State = meta.Released
 	} else {
 		ack.State, ack.LastError = meta.ReleaseFailure, meta.TruncateError(err.Error())
 	}

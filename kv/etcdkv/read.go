@@ -11,9 +11,9 @@ import (
 	"github.com/chanwatch/chanwatch/kv"
 )
 
-// listAttempts bounds how often List starts over when a compaction removes
-// its pinned revision between two pages.
-const listAttempts = 3
+// maxListPage caps how far List grows its pages while compactions keep
+// interrupting it; in practice a prefix fits in one page long before.
+const maxListPage = 1 << 30
 
 // Get returns key and the revision the read was served at (a linearizable
 // read); see kv.KV.
@@ -39,28 +39,29 @@ func (k *KV) Get(ctx context.Context, key string) (kv.KeyValue, int64, error) {
 // List returns every key with prefix, sorted, read at one revision; see
 // kv.KV. It reads in pages of the configured size, each pinned to the first
 // page's revision, so no single response holds a huge prefix. If a
-// compaction removes that revision before the last page, List starts over at
-// a new revision (a few times, then it fails with kv.ErrCompacted).
+// compaction removes that revision before the last page, List starts over
+// at the newest revision with pages twice as large, for as long as ctx
+// allows: under continuous compaction each attempt needs fewer pages, and
+// once the prefix fits in one page the read is a single request at one
+// revision, which no compaction can interrupt. So List always finishes.
 func (k *KV) List(ctx context.Context, prefix string) ([]kv.KeyValue, int64, error) {
 	if err := kv.ValidatePrefix(prefix); err != nil {
 		return nil, 0, err
 	}
-	var err error
-	for range listAttempts {
-		var (
-			kvs []kv.KeyValue
-			rev int64
-		)
-		kvs, rev, err = k.list(ctx, prefix)
+	page := k.pageSize
+	for attempt := 1; ; attempt++ {
+		kvs, rev, err := k.list(ctx, prefix, page)
 		if !errors.Is(err, kv.ErrCompacted) {
 			return kvs, rev, err
 		}
-		k.logger.Info("list revision compacted between pages, starting over", zap.String("prefix", prefix), zap.Error(err))
+		page = min(2*page, maxListPage)
+		k.logger.Info("list revision compacted between pages, starting over with larger pages",
+			zap.String("prefix", prefix), zap.Int("attempt", attempt), zap.Int("page_size", page), zap.Error(err))
 	}
-	return nil, 0, err
 }
 
-func (k *KV) list(ctx context.Context, prefix string) ([]kv.KeyValue, int64, error) {
+// list reads prefix in pages of page keys, all at the first page's revision.
+func (k *KV) list(ctx context.Context, prefix string, page int) ([]kv.KeyValue, int64, error) {
 	from := k.full(prefix)
 	end := clientv3.GetPrefixRangeEnd(from)
 	var (
@@ -68,7 +69,7 @@ func (k *KV) list(ctx context.Context, prefix string) ([]kv.KeyValue, int64, err
 		rev int64
 	)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(k.pageSize))}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(page))}
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
