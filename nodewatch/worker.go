@@ -219,7 +219,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 func (inc *incarnation) stale(actx context.Context) bool {
 	clock := inc.n.cfg.clock
 	for {
-		if clock.Now().Before(inc.sess.FenceDeadline()) {
+		if !inc.sess.PastDeadline(clock.Now()) {
 			return false
 		}
 		if actx.Err() != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"time"
 
@@ -25,6 +26,10 @@ type config struct {
 	marginOK bool // margin was set; otherwise TTL/5
 	clock    clockwork.Clock
 	log      *zap.Logger
+	// suspend is a clock that counts through a system suspend (see
+	// WithSuspendClock); nil: none.
+	suspend    func() time.Duration
+	suspendSet bool
 }
 
 // WithTTL sets the lease TTL to request (default 10s; must be > 0). The
@@ -49,6 +54,11 @@ func WithClock(c clockwork.Clock) Option { return func(cfg *config) { cfg.clock 
 
 // WithLogger sets the logger (default zap.NewNop()).
 func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
+
+// isRealClock reports whether c is clockwork's real clock.
+func isRealClock(c clockwork.Clock) bool {
+	return reflect.TypeOf(c) == reflect.TypeOf(clockwork.NewRealClock())
+}
 
 func (c *config) validate() error {
 	if c.ttl <= 0 {
@@ -81,10 +91,14 @@ type Session struct {
 	interval time.Duration
 	margin   time.Duration
 
+	suspend func() time.Duration // nil: no suspend check
+
 	mu       sync.Mutex
 	deadline time.Time // fence deadline
-	err      error     // why the session ended; set once, before done closes
-	done     chan struct{}
+	// suspendDeadline is the fence deadline on the suspend clock.
+	suspendDeadline time.Duration
+	err             error // why the session ended; set once, before done closes
+	done            chan struct{}
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Close/Abandon
@@ -120,11 +134,20 @@ func New(ctx context.Context, b kv.Backend, opts ...Option) (*Session, error) {
 		cfg.log = zap.NewNop()
 	}
 
+	if !cfg.suspendSet {
+		if isRealClock(cfg.clock) {
+			cfg.suspend = bootClock
+		}
+	}
 	id, err := b.Grant(ctx, cfg.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("session: grant lease: %w", err)
 	}
 	sent := cfg.clock.Now()
+	var sentSuspend time.Duration
+	if cfg.suspend != nil {
+		sentSuspend = cfg.suspend()
+	}
 	ttl, err := b.KeepAliveOnce(ctx, id)
 	if err != nil {
 		// Best effort: nobody will renew this lease; let it go now rather
@@ -141,12 +164,14 @@ func New(ctx context.Context, b kv.Backend, opts ...Option) (*Session, error) {
 		interval: cfg.interval,
 		margin:   cfg.margin,
 		deadline: sent.Add(ttl - cfg.margin),
+		suspend:  cfg.suspend,
 		done:     make(chan struct{}),
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
 	}
 	// Arm the timers before the loop starts, so that a fake clock advanced
 	// right after New already fires them.
+	s.suspendDeadline = sentSuspend + ttl - cfg.margin
 	fence := s.clock.NewTimer(s.deadline.Sub(s.clock.Now()))
 	tick := s.clock.NewTimer(s.interval)
 	go s.run(fence, tick)
@@ -173,6 +198,19 @@ func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
+}
+
+// PastDeadline reports whether the session is past its fence deadline at
+// now on its clock, or on its suspend clock (see WithSuspendClock): a
+// process that was suspended may wake with its timers not yet fired but
+// its lease already expired on the server.
+func (s *Session) PastDeadline(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !now.Before(s.deadline) {
+		return true
+	}
+	return s.suspend != nil && s.suspend() >= s.suspendDeadline
 }
 
 // FenceDeadline returns the send time of the last acknowledged keep-alive +
@@ -239,9 +277,10 @@ func (s *Session) end(err error) {
 }
 
 type keepAliveResult struct {
-	sent time.Time
-	ttl  time.Duration
-	err  error
+	sent        time.Time
+	sentSuspend time.Duration
+	ttl         time.Duration
+	err         error
 }
 
 // run renews the lease every interval and fences the session at the
@@ -260,12 +299,31 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 		}
 	}()
 	retry := max(s.interval/4, time.Millisecond)
+	// The suspend check polls on Go's real timers: after a resume, the first
+	// poll sees the suspend clock past the deadline.
+	var poll <-chan time.Time
+	if s.suspend != nil {
+		t := time.NewTicker(suspendPoll(s.margin))
+		defer t.Stop()
+		poll = t.C
+	}
 
 	for {
 		select {
 		case <-s.stop:
 			s.end(ErrClosed)
 			return
+
+		case <-poll:
+			s.mu.Lock()
+			past, deadline := s.suspend() >= s.suspendDeadline, s.deadline
+			s.mu.Unlock()
+			if past {
+				s.log.Warn("session fenced: past the fence deadline on the suspend clock (was the process or system suspended?)",
+					zap.Time("fence_deadline", deadline))
+				s.end(fmt.Errorf("%w: lease %d, deadline %v passed during a suspend", ErrFenced, s.lease, deadline))
+				return
+			}
 
 		case <-fence.Chan():
 			s.mu.Lock()
@@ -286,9 +344,13 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 			}
 			inflight = make(chan keepAliveResult, 1)
 			sent := s.clock.Now()
+			var sentSuspend time.Duration
+			if s.suspend != nil {
+				sentSuspend = s.suspend()
+			}
 			go func(ch chan<- keepAliveResult) {
 				ttl, err := s.b.KeepAliveOnce(kaCtx, s.lease)
-				ch <- keepAliveResult{sent: sent, ttl: ttl, err: err}
+				ch <- keepAliveResult{sent: sent, sentSuspend: sentSuspend, ttl: ttl, err: err}
 			}(inflight)
 
 		case r := <-inflight:
@@ -305,7 +367,7 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 			}
 			now := s.clock.Now()
 			s.mu.Lock()
-			if !now.Before(s.deadline) {
+			if !now.Before(s.deadline) || (s.suspend != nil && s.suspend() >= s.suspendDeadline) {
 				// Acked too late: the owner may already be acting on the
 				// fence, so the session must not come back to life.
 				deadline := s.deadline
@@ -324,6 +386,9 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 			tick.Reset(s.interval)
 			s.mu.Lock()
 			s.deadline = deadline
+			if d := r.sentSuspend + r.ttl - s.margin; s.suspend != nil && d > s.suspendDeadline {
+				s.suspendDeadline = d
+			}
 			s.mu.Unlock()
 		}
 	}

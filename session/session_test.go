@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,29 @@ func TestCloseOnHungBackendReturnsCtxError(t *testing.T) {
 	}
 	if _, ok := store.Store().Lease(s.Lease()); ok {
 		t.Fatal("lease survived the retried Close")
+	}
+}
+
+// TestFenceAfterSuspend: a process suspended past its fence deadline wakes
+// with its timers (on Go's monotonic clock, which stops during a suspend)
+// not yet fired. The session cross-checks a clock that counts through the
+// suspend and fences at once, before its next keep-alive; PastDeadline says
+// so too.
+func TestFenceAfterSuspend(t *testing.T) {
+	store, clock := newStore(t)
+	var suspended atomic.Int64 // the suspend clock's offset from the fake clock
+	base := clock.Now()
+	susp := func() time.Duration { return clock.Since(base) + time.Duration(suspended.Load()) }
+	s := newSession(t, store, session.WithTTL(ttl), session.WithClock(clock), session.WithSuspendClock(susp))
+	if s.PastDeadline(clock.Now()) {
+		t.Fatal("past its deadline at once")
+	}
+	suspended.Store(int64(ttl)) // the system slept for one TTL; no timer noticed
+	if !s.PastDeadline(clock.Now()) {
+		t.Fatal("PastDeadline ignores the suspend clock")
+	}
+	waitClosed(t, s.Done(), "the session fences after the suspend without its clock moving")
+	if !errors.Is(s.Err(), session.ErrFenced) {
+		t.Fatalf("Err = %v, want ErrFenced", s.Err())
 	}
 }
