@@ -23,9 +23,23 @@
 //     the old key and puts ToWatch on the new node in one txn. It never
 //     reassigns away from a live node by force.
 //   - A live node that does not release in time (ReleaseTimeout, or
-//     ReleaseFailure) is evicted: its session lease is revoked and its
-//     channels are treated as a dead node's only one node TTL later, when
-//     the node has certainly fenced itself.
+//     ReleaseFailure) is evicted by a guarded write: its session key is
+//     marked evicted (meta.NodeEvicted) in a txn that carries the leader
+//     guard and a compare on the key, so a deposed coordinator's eviction
+//     writes nothing. The node fences itself as soon as it sees the mark;
+//     its lease is then revoked.
+//   - A node that is evicted or whose session key vanishes for any reason
+//     (lease expiry, an ambiguous revoke, a deposed leader's late revoke,
+//     an operator's revoke, the store revoking leases on its own) is
+//     treated as a dead node only one node TTL after the coordinator learned
+//     that its lease is gone (a Revoke that returned, "not found" included,
+//     retried until it answers): "the lease is gone" never means "the node
+//     has stopped", and nothing a Revoke answers shortens the wait. A crash
+//     therefore costs one lease TTL (until the key expires) plus one node
+//     TTL before its channels run elsewhere.
+//   - An assignment key created before its node's session key (smaller
+//     create revision) was made for an earlier holder of the node ID: it is
+//     a dead node's, and the node does not run it.
 //   - A dead node's channels move in txns (delete old + put ToWatch on the
 //     policy's node, or into channel/remaining/ when no node serves).
 //   - A ToWatch that shows no change for WatchTimeout, or a WatchFailure, is
@@ -53,12 +67,15 @@
 // Remaining read the result; none of them needs the leader.
 //
 // What it does not guarantee:
-//   - A node's lease revoked by hand (etcdctl lease revoke) looks like a
-//     crash: its channels move at once while the node may run them until
-//     its own fence deadline. Drain nodes with session.Drain instead.
-//   - A paused process (GC, SIGSTOP) that outlives its lease may still act
-//     on a channel after it moved; only the handler's fencing token
-//     (ChannelInfo.AssignRevision) covers that.
+//   - A paused process (GC, SIGSTOP, a VM freeze) that outlives its lease
+//     may still act on a channel after it moved, until it notices on waking
+//     (a session cross-checks a clock that counts through a system suspend,
+//     CLOCK_BOOTTIME on Linux, but a process stopped between two reads of
+//     it cannot notice anything); only the handler's fencing token
+//     (ChannelInfo.AssignRevision) covers that window. Every other case —
+//     crash, partition, eviction, a lease that vanished — is covered by the
+//     wait above, provided the node's and the coordinator's clocks run at
+//     rates within the fence margin of each other.
 //   - Channels waiting in channel/remaining/ go to the nodes that are live
 //     when the leader next decides: if nodes join one at a time, the first
 //     may get them all, and balancing spreads them afterwards.
