@@ -47,18 +47,20 @@ func (m *mep) waitMovedAfterFence(n, other *mepNode) {
 		}
 		return ""
 	})
-	var stopped, started int64
+	var stopped, started HandlerEvent
 	for _, e := range m.rec.Events() {
 		switch {
-		case e.Channel == "ev-2" && e.Node == n.name && e.Kind == ReleaseEnd && e.Err == nil && stopped == 0:
-			stopped = e.Seq
-		case e.Channel == "ev-2" && e.Node == other.name && e.Kind == WatchStart && started == 0:
-			started = e.Seq
+		case e.Channel == "ev-2" && e.Node == n.name && e.Kind == ReleaseEnd && e.Err == nil && stopped.Seq == 0:
+			stopped = e
+		case e.Channel == "ev-2" && e.Node == other.name && e.Kind == WatchStart && started.Seq == 0:
+			started = e
 		}
 	}
-	if stopped == 0 || started < stopped {
-		m.fatalf("ev-2 started on %s (event #%d) before %s stopped it (event #%d)", other.name, started, n.name, stopped)
+	if stopped.Seq == 0 || started.Seq < stopped.Seq {
+		m.fatalf("ev-2 started on %s (event #%d) before %s stopped it (event #%d)", other.name, started.Seq, n.name, stopped.Seq)
 	}
+	m.t.Logf("FIGURE %s: ev-2 stopped on %s, started on %s %.2fxTTL later (overlap 0)", m.t.Name(), n.name, other.name,
+		float64(started.Time.Sub(stopped.Time))/float64(m.tm.nodeTTL))
 }
 
 // mepEvictionWriteAmbiguous: the eviction write lands but answers an

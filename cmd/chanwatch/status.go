@@ -35,6 +35,11 @@ type channelStatus struct {
 	LastError  string  `json:"last_error,omitempty"`
 	AssignRev  int64   `json:"assign_rev,omitempty"`
 	Registered bool    `json:"registered"`
+	// Stale: the key was created before its node's current session key: it
+	// was made for an earlier holder of the node ID (a dead node's key,
+	// which the coordinator moves and the node does not run).
+	Stale     bool `json:"stale,omitempty"`
+	createRev int64
 }
 
 type statusReport struct {
@@ -61,6 +66,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	assigned := map[string]bool{}
 	nodes := map[int64]*nodeStatus{}
 	leases := map[int64]kv.LeaseID{}
+	incarnations := map[int64]int64{} // node ID -> session key create revision
 	now := time.Now()
 	for _, it := range items {
 		switch {
@@ -77,10 +83,21 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 				r.Corrupt = append(r.Corrupt, it.Key)
 				continue
 			}
-			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: string(s.State)}
+			state := string(s.State)
+			if s.State == meta.NodeEvicted {
+				state = fmt.Sprintf("evicted by token %d: %s", s.EvictedBy, s.EvictReason)
+			}
+			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state}
 			leases[s.ID] = it.Lease
+			incarnations[s.ID] = it.CreateRevision
 		case it.Key == meta.CoordinatorKey:
-			if c, err := meta.DecodeCoordSession(it.Key, it.Value); err == nil {
+			c, err := meta.DecodeCoordSession(it.Key, it.Value)
+			switch {
+			case err != nil:
+				r.Corrupt = append(r.Corrupt, it.Key+" (the leader key: its holder repairs it, or a standby deletes it after one session TTL)")
+			case it.Lease == kv.NoLease:
+				r.Corrupt = append(r.Corrupt, it.Key+" (the leader key is on no lease: a standby deletes it after one session TTL)")
+			default:
 				r.Leader, r.LeaderToken = c.ID, it.CreateRevision
 			}
 		case it.Key == meta.BalancePausedKey:
@@ -98,7 +115,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			}
 			assigned[ch] = true
 			cs := channelStatus{Name: ch, Collection: info.CollectionID, Node: id, State: info.State.String(),
-				Attempts: info.Attempts, LastError: info.LastError, AssignRev: info.AssignRevision}
+				Attempts: info.Attempts, LastError: info.LastError, AssignRev: info.AssignRevision, createRev: it.CreateRevision}
 			if !info.StartTime.IsZero() {
 				cs.AgeSec = now.Sub(info.StartTime).Round(100 * time.Millisecond).Seconds()
 			}
@@ -112,6 +129,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		r.Channels[i].Registered = registered[r.Channels[i].Name]
 		if n := nodes[r.Channels[i].Node]; n != nil {
 			n.Channels++
+			r.Channels[i].Stale = r.Channels[i].createRev < incarnations[n.ID]
 		}
 	}
 	for ch := range registered {
@@ -155,6 +173,9 @@ func printStatusTable(w io.Writer, r *statusReport) {
 		}
 		if !c.Registered {
 			owner += " (deregistered)"
+		}
+		if c.Stale {
+			owner += " (stale: predates the node's session)"
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.1fs\t%d\t%s\n", c.Name, c.Collection, owner, c.State, c.AgeSec, c.Attempts, orDash(c.LastError))
 	}
