@@ -45,14 +45,15 @@ type procKV struct {
 	role procRole
 	chk  *Checker
 
-	mu       sync.Mutex
-	release  func()        // memkv hang in force
-	hung     chan struct{} // wrapper hang in force: closed by Heal
-	down     chan struct{} // watches down: closed by WatchesUp
-	watches  map[*procWatch]struct{}
-	nodeIDs  map[int64]bool
-	closed   bool
-	closedCh chan struct{}
+	mu        sync.Mutex
+	release   func()        // memkv hang in force
+	watchHeld chan struct{} // with release: open watches held, closed by Heal
+	hung      chan struct{} // wrapper hang in force: closed by Heal
+	down      chan struct{} // watches down: closed by WatchesUp
+	watches   map[*procWatch]struct{}
+	nodeIDs   map[int64]bool
+	closed    bool
+	closedCh  chan struct{}
 
 	// writesLeft > 0: the handle closes itself (a crash) right after that
 	// many more successful write txns.
@@ -121,9 +122,30 @@ func (p *procKV) Partition() {
 	}
 	if h, ok := p.Backend.(hanger); ok {
 		p.release = h.Hang()
+		// memkv's hang holds new watches only: hold the open ones here.
+		p.watchHeld = make(chan struct{})
 		return
 	}
 	p.hung = make(chan struct{})
+}
+
+// holdWatch blocks a watch response while a memkv partition is in force;
+// false when ctx ended or the handle closed first.
+func (p *procKV) holdWatch(ctx context.Context) bool {
+	p.mu.Lock()
+	h := p.watchHeld
+	p.mu.Unlock()
+	if h == nil {
+		return true
+	}
+	select {
+	case <-h:
+		return true
+	case <-p.closedCh:
+		return false
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // Heal ends a Partition.
@@ -133,6 +155,10 @@ func (p *procKV) Heal() {
 	if p.release != nil {
 		p.release()
 		p.release = nil
+	}
+	if p.watchHeld != nil {
+		close(p.watchHeld)
+		p.watchHeld = nil
 	}
 	if p.hung != nil {
 		close(p.hung)
@@ -409,6 +435,9 @@ func (p *procKV) Watch(ctx context.Context, prefix string, fromRev int64) kv.Wat
 					return
 				}
 				if err := p.gate(ctx, false); err != nil {
+					return
+				}
+				if !p.holdWatch(ctx) {
 					return
 				}
 				if errors.Is(wr.Err, kv.ErrCompacted) {
