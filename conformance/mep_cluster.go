@@ -92,6 +92,7 @@ type mep struct {
 	checkerDone chan error
 
 	mu        sync.Mutex
+	nowhere   map[string]time.Time // see checkRunning
 	nodes     []*mepNode
 	coords    []*mepCoord
 	nextNode  int
@@ -223,6 +224,7 @@ func (m *mep) waitForWithin(what string, fakeBudget time.Duration, cond func() s
 	defer tick.Stop()
 	lastRev, quiet := int64(-1), 0
 	for {
+		m.checkRunning()
 		m.requireNoViolations()
 		why := cond()
 		if why == "" {
@@ -706,6 +708,58 @@ func (m *mep) unsettled() string {
 	}
 	return ""
 }
+
+// checkRunning flags, at every poll of every wait, a registered channel
+// whose key says Watched on a live node held by a healthy process that does
+// not run it, for longer than mepNowhereTTLs node TTLs on the scenario's
+// clock: "registered but running nowhere" (a node ignoring keys under its
+// prefix, say), caught while it happens rather than only when a scenario
+// settles.
+func (m *mep) checkRunning() {
+	v := m.chk.View()
+	procs := m.procByID()
+	now := m.clock.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.nowhere == nil {
+		m.nowhere = map[string]time.Time{}
+	}
+	seen := map[string]bool{}
+	for ch := range v.Registered {
+		a, ok := v.Assign[ch]
+		if !ok || a.Corrupt || a.NodeID == 0 || a.Info.State != meta.Watched || v.Live[a.NodeID] != meta.NodeServing {
+			continue
+		}
+		p := procs[a.NodeID]
+		if p == nil || !p.healthy() {
+			continue
+		}
+		if node, _ := m.rec.RunsOn(ch); node == p.name {
+			continue
+		}
+		seen[ch] = true
+		since, ok := m.nowhere[ch]
+		if !ok {
+			m.nowhere[ch] = now
+			continue
+		}
+		if now.Sub(since) > mepNowhereTTLs*m.tm.nodeTTL {
+			m.chk.report("channel %s: registered and Watched on node %d (%s, healthy) since %v, but running nowhere",
+				ch, a.NodeID, p.name, now.Sub(since))
+			m.nowhere[ch] = now // report once per span
+		}
+	}
+	for ch := range m.nowhere {
+		if !seen[ch] {
+			delete(m.nowhere, ch)
+		}
+	}
+}
+
+// mepNowhereTTLs bounds how long a Watched key may name a healthy node that
+// does not run the channel (a node between its fence and its key's expiry
+// is not healthy, so the bound is for nothing legitimate).
+const mepNowhereTTLs = 3
 
 // settle waits for invariant (4).
 func (m *mep) settle() {
