@@ -140,6 +140,15 @@ func (r *reconciler) apply(ev kv.Event) {
 			v.keys[ch] = map[string]*keyEntry{}
 		}
 		v.keys[ch][key] = e
+	case key == meta.CoordinatorKey:
+		// Our own key: the session's monitor repairs an overwrite; count it.
+		if put {
+			if _, err := meta.DecodeCoordSession(key, kvp.Value); err != nil {
+				r.bad("session", key, kvp.ModRevision, err)
+			} else if kvp.Lease == kv.NoLease {
+				r.bad("session", key, kvp.ModRevision, fmt.Errorf("%w: %s: on no lease", meta.ErrCorruptValue, key))
+			}
+		}
 	case key == meta.BalancePausedKey:
 		// Present means paused, whatever the value: pausing balance never
 		// endangers safety or failover. A value that is neither empty (as
