@@ -14,9 +14,24 @@
 //   - PUT ToRelease: cancel, Handler.Release, then Released or
 //     ReleaseFailure. DELETE: release locally, write nothing.
 //   - Session loss: when the session can no longer prove its lease alive
-//     (session.ErrFenced) or the lease is gone, every channel's context is
-//     cancelled and every Release runs at once, before the lease can have
-//     expired on the server; then the node registers again under a new ID.
+//     (session.ErrFenced, also checked against a clock that counts through
+//     a system suspend), the lease is gone, or the node's session key is
+//     deleted, replaced or marked evicted by the coordinator
+//     (session.ErrEvicted), every channel's context is cancelled and every
+//     Release runs at once, before the lease can have expired on the
+//     server; then the node registers again under a new ID.
+//   - A channel whose Release failed stays held, across re-registrations
+//     (Node.Unreleased): Release is retried before the node registers again
+//     and before any new Watch of that channel, and Watch is not called
+//     until a Release succeeded (the node reports WatchFailure instead).
+//   - Every write the node makes (acks, failure reports, Progress
+//     heartbeats) is a compare-and-swap on the key's mod revision; an
+//     unknown outcome is resolved by reading the key back, and the node's
+//     own landed write is recorded as seen, so its watch event is never
+//     taken for a new assignment.
+//   - A key created before the node's session key (an earlier holder of the
+//     node ID left it) is not the node's: it is skipped, and the coordinator
+//     moves it.
 //
 // Each channel has its own worker, so a slow channel never blocks another,
 // and the dispatcher never waits on a worker. Broken watches resume from the
