@@ -276,78 +276,48 @@ func (l *Leadership) Resign(ctx context.Context) error {
 }
 
 // monitor closes done when the session ends, Resign is called, or the
-// leader key stops being ours, watching it from rev.
+// leader key stops being ours, following it from rev.
 func (l *Leadership) monitor(rev int64) {
 	defer close(l.loopDone)
 	defer close(l.done)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var retry backoff
-	for {
-		lost, next, err := l.watchOnce(ctx, rev)
-		if lost != "" {
-			l.log.Info("leadership ended: " + lost)
-			return
-		}
-		if next > rev {
-			rev = next
-			retry.reset()
-		}
-		if err != nil {
-			l.log.Debug("leader watch broken; resuming", zap.Int64("from", rev), zap.Error(err))
-		}
-		if sleep(ctx, l.s.clock, retry.next(), l.stop, l.s.Done()) != nil {
-			return
-		}
-	}
-}
-
-// watchOnce watches the leader key from rev until it is lost (a reason is
-// returned) or the watch ends (the revision to resume from is returned).
-func (l *Leadership) watchOnce(ctx context.Context, rev int64) (lost string, next int64, err error) {
-	key := meta.CoordinatorKey
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	wch := l.b.Watch(wctx, key, rev)
-	for {
+	var why string
+	go func() {
 		select {
 		case <-l.s.Done():
-			return "session ended: " + fmt.Sprint(l.s.Err()), rev, nil
 		case <-l.stop:
-			return "resigned", rev, nil
-		case resp, ok := <-wch:
-			if !ok {
-				return "", rev, nil
-			}
-			if errors.Is(resp.Err, kv.ErrCompacted) {
-				// History is gone: ask the key itself.
-				cur, getRev, err := l.b.Get(ctx, key)
-				switch {
-				case errors.Is(err, kv.ErrKeyNotFound):
-					return "leader key gone", rev, nil
-				case err != nil:
-					return "", rev, err
-				case cur.CreateRevision != l.token:
-					return "leader key replaced", rev, nil
-				}
-				return "", getRev + 1, nil
-			}
-			if resp.Err != nil {
-				return "", rev, resp.Err
-			}
-			for _, e := range resp.Events {
-				rev = e.Revision() + 1
-				if e.KV.Key != key {
-					continue
-				}
-				if e.Type == kv.EventDelete || e.KV.CreateRevision != l.token {
-					return fmt.Sprintf("leader key deleted or replaced at revision %d", e.Revision()), rev, nil
-				}
-				if e.KV.Lease != l.s.Lease() || !bytes.Equal(e.KV.Value, l.val) {
-					l.repair(ctx, e.KV)
-				}
-			}
+		case <-ctx.Done():
 		}
+		cancel()
+	}()
+	why = followKey(ctx, l.b, l.s.clock, l.log, meta.CoordinatorKey, rev, func(ctx context.Context, cur *kv.KeyValue, rev int64) string {
+		switch {
+		case cur == nil:
+			return deletedAt("leader key", rev)
+		case cur.CreateRevision != l.token:
+			return fmt.Sprintf("leader key replaced at revision %d", rev)
+		case cur.Lease != l.s.Lease() || !bytes.Equal(cur.Value, l.val):
+			l.repair(ctx, *cur)
+		}
+		return ""
+	})
+	switch {
+	case why != "":
+	case closedChan(l.stop):
+		why = "resigned"
+	default:
+		why = "session ended: " + fmt.Sprint(l.s.Err())
+	}
+	l.log.Info("leadership ended: " + why)
+}
+
+func closedChan(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

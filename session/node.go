@@ -242,73 +242,29 @@ func (n *Node) ID() int64 { return n.id }
 // holder of the ID and is not this node's to run.
 func (n *Node) CreateRevision() int64 { return n.createRev }
 
-// monitor watches the node's session key from rev until the session ends,
+// monitor follows the node's session key from rev until the session ends,
 // and fences the session when the key is deleted, replaced or marked
 // evicted.
 func (n *Node) monitor(b kv.Backend, rev int64) {
-	s, key := n.s, meta.NodeSessionKey(n.id)
+	s := n.s
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		<-s.Done()
+		select {
+		case <-s.Done():
+		case <-ctx.Done():
+		}
 		cancel()
 	}()
-	var retry backoff
-	for ctx.Err() == nil {
-		why, next, err := n.watchSelf(ctx, b, key, rev)
-		if why != "" {
-			s.Fence(fmt.Errorf("%w: node %d: %s", ErrEvicted, n.id, why))
-			return
+	why := followKey(ctx, b, s.clock, s.log, meta.NodeSessionKey(n.id), rev, func(_ context.Context, cur *kv.KeyValue, rev int64) string {
+		if cur == nil {
+			return deletedAt("session key", rev)
 		}
-		if next > rev {
-			rev = next
-			retry.reset()
-		}
-		if err != nil {
-			s.log.Debug("session key watch broken; resuming", zap.Int64("from", rev), zap.Error(err))
-		}
-		if sleep(ctx, s.clock, retry.next()) != nil {
-			return
-		}
+		return n.foreign(*cur)
+	})
+	if why != "" {
+		s.Fence(fmt.Errorf("%w: node %d: %s", ErrEvicted, n.id, why))
 	}
-}
-
-// watchSelf watches key from rev; it returns a reason to fence, or the
-// revision to resume from when the watch ends.
-func (n *Node) watchSelf(ctx context.Context, b kv.Backend, key string, rev int64) (string, int64, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for resp := range b.Watch(wctx, key, rev) {
-		if errors.Is(resp.Err, kv.ErrCompacted) {
-			cur, getRev, err := b.Get(ctx, key)
-			if errors.Is(err, kv.ErrKeyNotFound) {
-				return "session key deleted", rev, nil
-			}
-			if err != nil {
-				return "", rev, err
-			}
-			if why := n.foreign(cur); why != "" {
-				return why, rev, nil
-			}
-			return "", getRev + 1, nil
-		}
-		if resp.Err != nil {
-			return "", rev, resp.Err
-		}
-		for _, e := range resp.Events {
-			rev = e.Revision() + 1
-			if e.KV.Key != key {
-				continue
-			}
-			if e.Type == kv.EventDelete {
-				return fmt.Sprintf("session key deleted at revision %d", e.Revision()), rev, nil
-			}
-			if why := n.foreign(e.KV); why != "" {
-				return why, rev, nil
-			}
-		}
-	}
-	return "", rev, nil
 }
 
 // foreign says why cur is no longer this node's live session key ("" when
