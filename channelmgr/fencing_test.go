@@ -459,3 +459,44 @@ func TestTxnInFlightWhenDeposed(t *testing.T) {
 		})
 	}
 }
+
+// TestDeposedEvictionWritesNothing: a coordinator whose leadership has
+// passed decides to evict a node (its channel says ReleaseFailure). The
+// eviction is a guarded write, so it fails: the node's session key is not
+// marked, its lease is not revoked, and the loop stops as deposed.
+func TestDeposedEvictionWritesNothing(t *testing.T) {
+	h := newHarness(t)
+	n := h.addNode()
+	rev, err := kv.Put(h.ctx, h.kv, meta.CoordinatorKey, []byte(`{"v":1,"id":"new"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.register(1, "x")
+	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "x", CollectionID: 1, State: meta.ReleaseFailure, LastError: "stuck"})
+	if _, err := kv.Put(h.ctx, h.kv, meta.ChannelKey(n.id, "x"), val); err != nil {
+		t.Fatal(err)
+	}
+	before, _, err := h.kv.Get(h.ctx, meta.NodeSessionKey(n.id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(h.kv.NewClient(), h.coordOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, waitFor)
+	defer cancel()
+	if err := c.lead(ctx, fakeLeader{token: rev - 1, done: make(chan struct{})}); !errors.Is(err, errLeadershipLost) {
+		t.Fatalf("lead = %v, want errLeadershipLost", err)
+	}
+	after, _, err := h.kv.Get(h.ctx, meta.NodeSessionKey(n.id))
+	if err != nil || after.ModRevision != before.ModRevision {
+		t.Fatalf("the deposed coordinator's eviction touched the session key (%d -> %d, %v)", before.ModRevision, after.ModRevision, err)
+	}
+	if _, err := h.kv.TimeToLive(h.ctx, n.lease); err != nil {
+		t.Fatalf("the deposed coordinator revoked the node's lease: %v", err)
+	}
+	if got := testutil.ToFloat64(c.m.fenced); got != 1 {
+		t.Fatalf("fencing rejections = %v, want 1", got)
+	}
+}
