@@ -132,7 +132,9 @@ func (r *reconciler) noteFailure(id int64, ch string, rev int64, reason string, 
 	h := r.healthOf(id)
 	h.failed[ch] = true
 	h.failRev = max(h.failRev, rev)
-	h.reason = reason
+	if h.state(now) != quarantined {
+		h.reason = reason // keep the reason the quarantine was published with
+	}
 	switch h.state(now) {
 	case probing:
 		r.quarantine(id, h, now, "probe failed: "+reason)
@@ -233,16 +235,30 @@ func (r *reconciler) adopt(id int64, q meta.Quarantine) {
 
 // nodeCaps sorts the serving nodes for placement and balance: ok takes load
 // as usual, probe holds nodes that may take exactly one channel now (their
-// quarantine ran out and no probe is in flight). Quarantined nodes, and
+// quarantine ran out, or they failed since their last success, and nothing
+// is starting on them). Quarantined nodes, and
 // probing nodes with a probe in flight, are in neither. When no serving
 // node is healthy, every serving node is ok: trying a node that failed
 // beats holding every channel.
 func (r *reconciler) nodeCaps(serving []int64, now time.Time) (ok, probe []int64) {
 	var busy map[int64]bool
 	for _, id := range serving {
-		switch r.health[id].state(now) {
+		h := r.health[id]
+		switch h.state(now) {
 		case healthy:
-			ok = append(ok, id)
+			if h == nil || (len(h.failed) == 0 && h.releaseFails == 0) {
+				ok = append(ok, id)
+				break
+			}
+			// Failed lately, not yet quarantined: one channel at a time
+			// until it succeeds, so that a node failing some of its
+			// Watches is not handed a batch of them.
+			if busy == nil {
+				busy = r.probesInFlight()
+			}
+			if !busy[id] {
+				probe = append(probe, id)
+			}
 		case probing:
 			if busy == nil {
 				busy = r.probesInFlight()
@@ -250,7 +266,7 @@ func (r *reconciler) nodeCaps(serving []int64, now time.Time) (ok, probe []int64
 			if !busy[id] {
 				probe = append(probe, id)
 			}
-			if h := r.health[id]; !h.probeLogged {
+			if !h.probeLogged {
 				h.probeLogged = true
 				r.log.Info("quarantine ran out: the node may take one channel (a probe)", zap.Int64("node", id),
 					zap.String("reason", h.reason))
