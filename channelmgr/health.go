@@ -78,8 +78,8 @@ func (c *config) quarantineWait(n int) time.Duration {
 }
 
 // observeHealth reads what the key of ch says about its nodes: a new failed
-// attempt (Attempts and FailedNode changed) counts against FailedNode, a
-// ReleaseFailure against the key's node, and a Watched or Released answer
+// attempt (Attempts and FailedNode changed, or a WatchFailure answer) counts
+// against FailedNode, a ReleaseFailure against the key's node, and a Watched or Released answer
 // written after the node's latest failure is a success.
 func (r *reconciler) observeHealth(rt *chanRT, k *keyEntry, now time.Time) {
 	if k == nil || k.corrupt {
@@ -97,6 +97,14 @@ func (r *reconciler) observeHealth(rt *chanRT, k *keyEntry, now time.Time) {
 		return
 	}
 	switch info.State {
+	case meta.WatchFailure:
+		// Count it now rather than when our release shows it in Attempts:
+		// a node failing a batch is capped at once (see nodeCaps). The
+		// failed set makes the later count of the same failure a no-op.
+		if rt.watchFailRev != k.modRev {
+			rt.watchFailRev = k.modRev
+			r.noteFailure(k.node, k.ch, k.modRev, info.LastError, now)
+		}
 	case meta.ReleaseFailure:
 		if rt.releaseFailRev != k.modRev {
 			rt.releaseFailRev = k.modRev

@@ -69,6 +69,7 @@ type chanRT struct {
 	// against a node's health; releaseFailRev the ReleaseFailure key.
 	failAttempts   int
 	failNode       int64
+	watchFailRev   int64
 	releaseFailRev int64
 }
 

@@ -97,7 +97,9 @@ func mepTwoFailingNodes(t *testing.T, m *mep) {
 	m.elapse(m.healthWindow())
 	m.settle()
 	for _, bad := range []*mepNode{early, late} {
-		if moves := m.toWatchOnNode(bad.ID(), since); moves > maxProbeMoves {
+		moves := m.toWatchOnNode(bad.ID(), since)
+		t.Logf("channels sent to failing node %d in %v: %d (bound %d)", bad.ID(), m.healthWindow(), moves, maxProbeMoves)
+		if moves > maxProbeMoves {
 			m.fatalf("%d channels sent to failing node %d, want at most %d", moves, bad.ID(), maxProbeMoves)
 		}
 	}
