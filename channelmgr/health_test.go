@@ -141,3 +141,31 @@ func TestQuarantineWait(t *testing.T) {
 		t.Fatalf("waits %s", s)
 	}
 }
+
+// A node whose Watches never answer (they time out) is quarantined like one
+// whose Watches fail: its channels settle on the healthy nodes.
+func TestQuarantineTimingOutNode(t *testing.T) {
+	h := newHarness(t)
+	good := h.addNodes(4)
+	bad := h.addNode()
+	bad.set(func(n *fakeNode) { n.ignoreWat = true })
+	c := h.lead(WithQuarantine(3, time.Minute, 4*time.Minute))
+	chs := names("t", 40)
+	h.register(1, chs...)
+	ids := []int64{good[0].id, good[1].id, good[2].id, good[3].id}
+	for i := 0; i < 60; i++ {
+		h.advance(step, c)
+	}
+	h.eventually("every channel Watched on a healthy node", func() bool { return h.allWatched(chs, ids...) })
+	q, err := Quarantined(h.ctx, h.kv)
+	if err != nil || q[bad.id].Node != bad.id {
+		t.Fatalf("timing-out node %d not quarantined: %+v, %v", bad.id, q, err)
+	}
+	from := h.rev()
+	for i := 0; i < 60; i++ {
+		h.advance(step, c)
+	}
+	if n := h.toWatchOn(bad.id, from); n > 1 {
+		t.Fatalf("%d channels sent to the quarantined node within its first probe's wait, want at most 1", n)
+	}
+}
