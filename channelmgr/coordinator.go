@@ -51,6 +51,9 @@ func New(b kv.Backend, opts ...Option) (*Coordinator, error) {
 		maxMovesInFlight: DefaultMaxMovesInFlight,
 		backoffBase:      DefaultBackoffBase,
 		backoffMax:       DefaultBackoffMax,
+		quarantineAfter:  DefaultQuarantineAfter,
+		quarantineBase:   DefaultQuarantineBase,
+		quarantineMax:    DefaultQuarantineMax,
 		clock:            clockwork.NewRealClock(),
 	}
 	for _, o := range opts {

@@ -240,8 +240,9 @@ func (r *reconciler) decide(now time.Time) *plan {
 	}
 	r.placeAll(p, serving, now)
 	if len(p.units) == 0 && len(p.evictions) == 0 && !p.pending && len(r.retry) == 0 {
-		r.balance(p, serving)
+		r.balance(p, serving, now)
 	}
+	r.publishHealth(p, now)
 	r.gauges()
 	// Forget channels and timers that are gone for good.
 	for ch, rt := range r.chans {
@@ -261,6 +262,11 @@ func (r *reconciler) decide(now time.Time) *plan {
 			delete(r.nodes, id)
 		}
 	}
+	for id := range r.health {
+		if r.v.nodes[id] == nil && !referenced[id] {
+			delete(r.health, id) // an address's release quarantine stays in byAddr
+		}
+	}
 	for key := range r.timers {
 		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.keys[ch][key] == nil {
 			delete(r.timers, key)
@@ -277,6 +283,7 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		extras = append([]*keyEntry{primary}, extras...)
 		primary = nil
 	}
+	r.observeHealth(rt, primary, now)
 	// Count the load where the channel is (or is going) even while we wait.
 	pending := rt.pending(r.v.rev, now)
 	var at int64
@@ -288,6 +295,10 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		if rt.target != 0 {
 			at = rt.target
 		}
+	case reg != nil && primary != nil && primary.node != 0 && r.inBackoff(rt, primary, now):
+		// A failed channel waiting out its backoff counts where it failed,
+		// so the policy does not see a failing node as empty.
+		at = primary.node
 	}
 	if l := p.loads[at]; l != nil && reg != nil {
 		l.Channels = append(l.Channels, r.policyChannel(ch, reg, 0))
@@ -397,16 +408,23 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	case meta.ReleaseFailure:
 		p.evictions = append(p.evictions, eviction{node: k.node, k: k, why: "release failure: " + k.info.LastError})
 	case meta.Released:
-		if k.info.Attempts > 0 {
-			if rt.backoffRev != k.modRev {
-				rt.backoffRev, rt.notBefore = k.modRev, now.Add(r.cfg.backoff(k.info.Attempts))
-			}
-			if now.Before(rt.notBefore) {
-				return
-			}
+		if r.inBackoff(rt, k, now) {
+			return
 		}
 		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target})
 	}
+}
+
+// inBackoff reports whether k, Released after a failed attempt, must wait
+// before it is placed again (the wait is armed once per key revision).
+func (r *reconciler) inBackoff(rt *chanRT, k *keyEntry, now time.Time) bool {
+	if k.corrupt || k.info.State != meta.Released || k.info.Attempts == 0 {
+		return false
+	}
+	if rt.backoffRev != k.modRev {
+		rt.backoffRev, rt.notBefore = k.modRev, now.Add(r.cfg.backoff(k.info.Attempts))
+	}
+	return now.Before(rt.notBefore)
 }
 
 // waitGone logs, once per node, that its channels wait for it to stop.
@@ -545,11 +563,19 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 	targets := make([]int64, len(p.place))
 	if len(serving) > 0 {
 		isServing := func(id int64) bool { _, ok := p.loads[id]; return ok }
+		// Quarantined nodes take nothing; a probing node takes one channel.
+		ok, probe := r.nodeCaps(serving, now)
 		var rest []int
 		var chs []Channel
 		for i, pl := range p.place {
-			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid {
+			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid && r.mayTake(pl.pref, now) {
 				targets[i] = pl.pref
+				probe = slices.DeleteFunc(probe, func(id int64) bool { return id == pl.pref })
+				continue
+			}
+			if j := slices.IndexFunc(probe, func(id int64) bool { return id != pl.avoid }); j >= 0 {
+				targets[i] = probe[j]
+				probe = slices.Delete(probe, j, j+1)
 				continue
 			}
 			avoid := pl.avoid
@@ -559,12 +585,14 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 			rest = append(rest, i)
 			chs = append(chs, r.policyChannel(pl.ch, pl.reg, avoid))
 		}
-		loads := make([]NodeLoad, 0, len(serving))
-		for _, id := range serving {
+		loads := make([]NodeLoad, 0, len(ok))
+		offered := make(map[int64]*NodeLoad, len(ok))
+		for _, id := range ok {
 			loads = append(loads, *p.loads[id])
+			offered[id] = p.loads[id]
 		}
 		got := r.policyPlace(chs, loads)
-		if !validPlacement(got, chs, p.loads) {
+		if !validPlacement(got, chs, offered) {
 			r.log.Error("policy returned an invalid placement; using least-loaded", zap.Int("channels", len(chs)))
 			got = placeLeastLoaded(chs, loads)
 		}
@@ -690,9 +718,19 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 // balance asks the policy for moves while fewer than MaxMovesInFlight are
 // under way, and starts them (ToRelease; the placement after Released goes
 // to the move's target).
-func (r *reconciler) balance(p *plan, serving []int64) {
-	if r.v.paused || len(serving) < 2 {
+func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
+	if r.v.paused {
 		return
+	}
+	// Only healthy nodes, and probing nodes for one move each, are offered.
+	ok, probe := r.nodeCaps(serving, now)
+	serving = slices.Sorted(slices.Values(append(slices.Clone(ok), probe...)))
+	if len(serving) < 2 {
+		return
+	}
+	probes, used := map[int64]bool{}, map[int64]bool{}
+	for _, id := range probe {
+		probes[id] = true
 	}
 	inflight := 0
 	for _, rt := range r.chans {
@@ -711,8 +749,12 @@ func (r *reconciler) balance(p *plan, serving []int64) {
 	seen := map[string]bool{}
 	for _, mv := range r.policyBalance(loads, budget) {
 		k := p.movable[mv.Channel]
-		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil {
+		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil ||
+			!slices.Contains(serving, mv.To) || used[mv.To] {
 			continue
+		}
+		if probes[mv.To] {
+			used[mv.To] = true // one probe at a time
 		}
 		seen[mv.Channel] = true
 		budget--

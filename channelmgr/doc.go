@@ -2,7 +2,7 @@
 // "Watch & Release channel via etcd") and the registry API.
 //
 // The registry API (Register, Deregister, Owner, Channels, Remaining,
-// PauseBalance, ResumeBalance) works from any process holding a kv.KV: it
+// PauseBalance, ResumeBalance, Quarantined, Unquarantine) works from any process holding a kv.KV: it
 // writes desired state under registry/ and control/, or reads assignments
 // under channel/. It needs no leader.
 //
@@ -47,6 +47,16 @@
 //     while another exists.
 //   - Balancing (a Policy's balance step, at most MaxMovesInFlight moves at
 //     once) can be paused with PauseBalance; failover never pauses.
+//   - A node that keeps failing is quarantined (WithQuarantine): after
+//     Watch failures or timeouts of several distinct channels with no
+//     success in between, or a failed Release, it gets no placements and no
+//     balance moves for a backoff that doubles each time; then it takes one
+//     channel (a probe), and its first success makes it healthy. A node
+//     that failed lately takes one channel at a time. Channels waiting out
+//     a failure's backoff count in the load of the node they failed on. The
+//     leader publishes each quarantine as control/quarantine/<id>
+//     (Quarantined); deleting that key (Unquarantine) lifts it. Health only
+//     decides where channels go, never whether one may leave a node.
 //
 // Intent that must survive a coordinator restart lives in the ChannelInfo
 // values (state, FailedNode, Attempts); everything in memory (timeouts,

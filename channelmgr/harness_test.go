@@ -314,6 +314,7 @@ type fakeNode struct {
 	dead       bool            // crashed or fenced: no acks, no keep-alive
 	frozen     bool            // no keep-alive (its lease will expire)
 	failWatch  map[string]bool // answer WatchFailure
+	failAll    bool            // answer WatchFailure for every channel
 	ignoreWat  bool            // never answer ToWatch
 	ignoreRel  bool            // never answer ToRelease
 	running    map[string]bool
@@ -510,7 +511,7 @@ func (n *fakeNode) handle(ctx context.Context, ev kv.Event) {
 		}
 		n.watchCount[ch]++
 		info.AssignRevision = ev.KV.ModRevision
-		if n.failWatch[ch] {
+		if n.failWatch[ch] || n.failAll {
 			info.State, info.LastError, info.FailedNode = meta.WatchFailure, "injected failure", n.id
 			ack(info)
 			return

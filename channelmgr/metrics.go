@@ -21,6 +21,10 @@ type metrics struct {
 	corrupt    *prometheus.CounterVec // prefix
 	leader     prometheus.Gauge
 	leaderGain prometheus.Counter
+	// quarantined is the live nodes in quarantine or on probation;
+	// quarantines counts the times a node was put there.
+	quarantined prometheus.Gauge
+	quarantines prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -53,13 +57,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while this coordinator leads."}),
 		leaderGain: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "leader_transitions_total",
 			Help: "Times this coordinator became leader."}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nodes_quarantined",
+			Help: "Live nodes the leader keeps work off because they keep failing (quarantined, or probing with one channel)."}),
+		quarantines: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quarantines_total",
+			Help: "Times a node was quarantined (repeated Watch failures or timeouts, a failed Release, a failed probe)."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
-		m.txns, m.corrupt, m.leader, m.leaderGain} {
+		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -20,6 +20,9 @@ const (
 	DefaultMaxMovesInFlight = 8
 	DefaultBackoffBase      = time.Second
 	DefaultBackoffMax       = time.Minute
+	DefaultQuarantineAfter  = 3
+	DefaultQuarantineBase   = 10 * time.Second
+	DefaultQuarantineMax    = 5 * time.Minute
 )
 
 // Option configures New.
@@ -37,6 +40,9 @@ type config struct {
 	maxMovesInFlight int
 	backoffBase      time.Duration
 	backoffMax       time.Duration
+	quarantineAfter  int
+	quarantineBase   time.Duration
+	quarantineMax    time.Duration
 	clock            clockwork.Clock
 	log              *zap.Logger
 	reg              prometheus.Registerer
@@ -87,6 +93,17 @@ func WithBackoff(base, max time.Duration) Option {
 	return func(c *config) { c.backoffBase, c.backoffMax = base, max }
 }
 
+// WithQuarantine sets node health (defaults 3, 10s, 5m): after failures
+// Watch failures or timeouts of distinct channels on one node with no
+// success in between (or one failed Release), the node is quarantined for
+// base * 2^(n-1), at most max, where n counts its quarantines since its
+// last success. A quarantined node gets no placements and no balance moves;
+// when the time runs out it takes one channel (a probe), and the first
+// success makes it healthy again. failures >= 1, 0 < base <= max.
+func WithQuarantine(failures int, base, max time.Duration) Option {
+	return func(c *config) { c.quarantineAfter, c.quarantineBase, c.quarantineMax = failures, base, max }
+}
+
 // WithClock sets the clock of every timer (default the real clock). Not nil.
 func WithClock(clk clockwork.Clock) Option { return func(c *config) { c.clock = clk } }
 
@@ -130,6 +147,10 @@ func (c *config) validate() error {
 		return bad("max moves in flight %d must be >= 1", c.maxMovesInFlight)
 	case c.backoffBase <= 0 || c.backoffMax < c.backoffBase:
 		return bad("backoff base %v, max %v: want 0 < base <= max", c.backoffBase, c.backoffMax)
+	case c.quarantineAfter < 1:
+		return bad("quarantine after %d failures: want >= 1", c.quarantineAfter)
+	case c.quarantineBase <= 0 || c.quarantineMax < c.quarantineBase:
+		return bad("quarantine base %v, max %v: want 0 < base <= max", c.quarantineBase, c.quarantineMax)
 	case c.clock == nil:
 		return bad("nil clock")
 	}

@@ -37,6 +37,10 @@ type reconciler struct {
 	timers     map[string]timer // by assignment key
 	retry      []*batch         // batches whose outcome is unknown, to resend as they are
 	refused    int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
+	// health is each node's record of failures (see health.go); byAddr
+	// carries a release quarantine over to a node's next session.
+	health map[int64]*nodeHealth
+	byAddr map[string]*nodeHealth
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -61,6 +65,12 @@ type chanRT struct {
 	// tooLargeRev is the channel revision at which pack last logged that
 	// the channel's writes do not fit in a txn.
 	tooLargeRev int64
+	// failAttempts and failNode are the failed attempt last counted
+	// against a node's health; releaseFailRev the ReleaseFailure key.
+	failAttempts   int
+	failNode       int64
+	watchFailRev   int64
+	releaseFailRev int64
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {
@@ -77,6 +87,8 @@ func newReconciler(c *Coordinator, l leader) *reconciler {
 		nodes:   map[int64]*nodeRT{},
 		badSeen: map[string]int64{},
 		timers:  map[string]timer{},
+		health:  map[int64]*nodeHealth{},
+		byAddr:  map[string]*nodeHealth{},
 	}
 }
 
@@ -227,6 +239,19 @@ func (r *reconciler) relist(ctx context.Context) error {
 			r.v.rev = rev
 			for _, e := range kvs {
 				r.apply(kv.Event{Type: kv.EventPut, KV: e})
+			}
+			if old.rev == 0 {
+				// Our first view: take over what the last leader published.
+				for id, q := range r.v.quarantine {
+					if _, live := r.live(id); live && !q.corrupt {
+						r.adopt(id, q.q)
+					}
+				}
+			}
+			for id := range old.quarantine {
+				if _, ok := r.v.quarantine[id]; !ok {
+					r.lift(id) // deleted while we did not watch
+				}
 			}
 			for id, n := range old.nodes {
 				if _, ok := r.v.nodes[id]; !ok {

@@ -19,6 +19,15 @@ type view struct {
 	nodes    map[int64]*nodeEntry
 	keys     map[string]map[string]*keyEntry // channel -> key -> assignment
 	paused   bool
+	// quarantine is control/quarantine/<id>: what the leader published.
+	quarantine map[int64]*quarantineEntry
+}
+
+// quarantineEntry is one control/quarantine/<id> key.
+type quarantineEntry struct {
+	q       meta.Quarantine
+	modRev  int64
+	corrupt bool
 }
 
 // regEntry is registry/<channel>. A corrupt value still means "registered"
@@ -61,6 +70,8 @@ func newView() view {
 		registry: map[string]*regEntry{},
 		nodes:    map[int64]*nodeEntry{},
 		keys:     map[string]map[string]*keyEntry{},
+
+		quarantine: map[int64]*quarantineEntry{},
 	}
 }
 
@@ -113,6 +124,7 @@ func (r *reconciler) apply(ev kv.Event) {
 		}
 		v.nodes[id] = e
 		r.nodeSeen(id, e)
+		r.inherit(id, e)
 	case strings.HasPrefix(key, meta.ChannelPrefix):
 		node, ch, err := meta.ParseChannelKey(key)
 		if err != nil {
@@ -149,6 +161,28 @@ func (r *reconciler) apply(ev kv.Event) {
 				r.bad("session", key, kvp.ModRevision, fmt.Errorf("%w: %s: on no lease", meta.ErrCorruptValue, key))
 			}
 		}
+	case strings.HasPrefix(key, meta.QuarantinePrefix):
+		id, err := meta.ParseQuarantineKey(key)
+		if err != nil {
+			r.bad("control", key, kvp.ModRevision, err)
+			return
+		}
+		if !put {
+			if _, ok := v.quarantine[id]; ok {
+				delete(v.quarantine, id)
+				r.lift(id)
+			}
+			return
+		}
+		q, err := meta.DecodeQuarantine(key, kvp.Value)
+		if err != nil {
+			// Rewritten by the leader's next pass, or deleted if the node
+			// is healthy.
+			r.bad("control", key, kvp.ModRevision, err)
+			v.quarantine[id] = &quarantineEntry{modRev: kvp.ModRevision, corrupt: true}
+			return
+		}
+		v.quarantine[id] = &quarantineEntry{q: q, modRev: kvp.ModRevision}
 	case key == meta.BalancePausedKey:
 		// Present means paused, whatever the value: pausing balance never
 		// endangers safety or failover. A value that is neither empty (as

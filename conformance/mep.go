@@ -59,6 +59,9 @@ var mepScenarios = []mepScenario{
 	{"NodeWritesAmbiguous", mepNodeWritesAmbiguous},
 	{"ReleaseFailsDuringSelfFence", mepReleaseFailsDuringSelfFence},
 	{"ReleaseFailsTwiceDuringSelfFence", mepReleaseFailsTwiceDuringSelfFence},
+	{"FailingNodeQuarantined", mepFailingNodeQuarantined},
+	{"TwoFailingNodes", mepTwoFailingNodes},
+	{"FailingNodeRecovers", mepFailingNodeRecovers},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

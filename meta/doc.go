@@ -13,6 +13,7 @@
 //	channel/<nodeID>/<channel>    ChannelInfo: the MEP's assignment key
 //	channel/remaining/<channel>   ChannelInfo with no owner (no live node)
 //	control/balance-paused        present while balancing is paused
+//	control/quarantine/<nodeID>   Quarantine: the leader keeps work off an unhealthy node
 //
 // Node prefixes always end in '/', so node 1 never sees node 12's keys.
 // Values are versioned JSON so that `etcdctl get` stays readable. A value

@@ -38,6 +38,7 @@ const (
 	RemainingPrefix   = "channel/remaining/"
 	ControlPrefix     = "control/"
 	BalancePausedKey  = "control/balance-paused"
+	QuarantinePrefix  = "control/quarantine/"
 )
 
 // remainingSegment is the node segment of RemainingPrefix.
@@ -138,6 +139,22 @@ func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
 		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
 	}
 	return id, ch, nil
+}
+
+// QuarantineKey is control/quarantine/<id>.
+func QuarantineKey(id int64) string { return QuarantinePrefix + strconv.FormatInt(id, 10) }
+
+// ParseQuarantineKey returns the node ID of a control/quarantine/<id> key.
+func ParseQuarantineKey(key string) (int64, error) {
+	s, ok := strings.CutPrefix(key, QuarantinePrefix)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, QuarantinePrefix)
+	}
+	id, err := parseNodeID(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
+	}
+	return id, nil
 }
 
 func parseNodeID(s string) (int64, error) {

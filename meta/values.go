@@ -242,3 +242,43 @@ func TruncateError(s string) string {
 	}
 	return s[:cut] + fmt.Sprintf("…[truncated %d bytes]", len(s)-cut)
 }
+
+// Quarantine is control/quarantine/<nodeID>: the leader published that it
+// keeps new channels and balance moves off the node (see channelmgr). It is
+// a report of the leader's memory, written under its guard, never needed
+// for safety; deleting it asks the leader to lift the quarantine.
+type Quarantine struct {
+	Node int64 `json:"node"`
+	// Reason is the last failure that counted against the node.
+	Reason string `json:"reason"`
+	// Failures is how many failures counted since the node's last success,
+	// and Quarantines how many times it was quarantined since then (the
+	// exponent of its backoff).
+	Failures    int       `json:"failures"`
+	Quarantines int       `json:"quarantines"`
+	Since       time.Time `json:"since"`
+	// Until is when the node may take one channel again (a probe); it
+	// takes load again after a probe succeeds.
+	Until time.Time `json:"until"`
+}
+
+// EncodeQuarantine encodes a quarantine record.
+func EncodeQuarantine(q Quarantine) ([]byte, error) {
+	if err := ValidateNodeID(q.Node); err != nil {
+		return nil, err
+	}
+	q.Reason = TruncateError(q.Reason)
+	return encode(&q)
+}
+
+// DecodeQuarantine decodes the value of key (used in errors).
+func DecodeQuarantine(key string, b []byte) (Quarantine, error) {
+	var q Quarantine
+	if err := decode(key, b, &q); err != nil {
+		return Quarantine{}, err
+	}
+	if err := ValidateNodeID(q.Node); err != nil {
+		return Quarantine{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	return q, nil
+}

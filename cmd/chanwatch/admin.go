@@ -153,3 +153,34 @@ func newPauseCmd(g *globalFlags, pause bool) *cobra.Command {
 		},
 	}
 }
+
+func newUnquarantineCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unquarantine NODE",
+		Short: "Lift a node's quarantine: the coordinator lets it take channels again",
+		Long: "unquarantine deletes control/quarantine/NODE. The leading coordinator forgets the node's\n" +
+			"failures and places channels on it again; if it keeps failing it is quarantined anew.",
+		Args: exactArgs(1, "one NODE id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil || id <= 0 {
+				return usagef("NODE must be a positive node ID, got %q", args[0])
+			}
+			return withBackend(cmd, g, func(ctx context.Context, b kv.Backend) error {
+				q, err := channelmgr.Quarantined(ctx, b)
+				if err != nil {
+					return err
+				}
+				if _, ok := q[id]; !ok {
+					fmt.Fprintf(cmd.OutOrStdout(), "node %d is not quarantined\n", id)
+					return nil
+				}
+				if err := channelmgr.Unquarantine(ctx, b, id); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "node %d: quarantine lifted\n", id)
+				return nil
+			})
+		},
+	}
+}

@@ -36,6 +36,7 @@ type demoConfig struct {
 	seed        int64
 	ttl         time.Duration
 	timeout     time.Duration
+	failing     int
 }
 
 func newDemoCmd(g *globalFlags) *cobra.Command {
@@ -46,7 +47,9 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 		Long: "demo starts an embedded etcd (or --backend=mem|raft, or --endpoints for an external etcd),\n" +
 			"a coordinator and --nodes nodes in this process, registers --channels channels, then crashes\n" +
 			"one node, adds one and drains one. It prints the owners, the time of each phase and whether\n" +
-			"the four invariants held; it exits 0 only if they did.",
+			"the four invariants held; it exits 0 only if they did. --failing-nodes adds nodes whose\n" +
+			"handler fails every Watch: the coordinator quarantines them, every channel must settle on\n" +
+			"the healthy nodes, and the demo reports how many channels were sent to each failing node.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -54,6 +57,8 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 				return usagef("--backend %q: want etcd, mem or raft", cfg.backend)
 			case cfg.nodes < 2:
 				return usagef("--nodes must be >= 2 (one is crashed and one drained), got %d", cfg.nodes)
+			case cfg.failing < 0:
+				return usagef("--failing-nodes must be >= 0, got %d", cfg.failing)
 			case cfg.channels < 1:
 				return usagef("--channels must be >= 1, got %d", cfg.channels)
 			case cfg.collections < 1:
@@ -81,6 +86,7 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 	f.Int64Var(&cfg.seed, "seed", 1, "seed choosing which nodes crash and drain")
 	f.DurationVar(&cfg.ttl, "session-ttl", 2*time.Second, "node and coordinator session TTL")
 	f.DurationVar(&cfg.timeout, "phase-timeout", 3*time.Minute, "give up a phase after this long")
+	f.IntVar(&cfg.failing, "failing-nodes", 0, "extra nodes whose handler fails every Watch (never crashed or drained)")
 	return cmd
 }
 
@@ -196,6 +202,8 @@ type demoNode struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	gone   bool
+	// failing nodes fail every Watch.
+	failing bool
 }
 
 type demoPhase struct {
@@ -231,6 +239,9 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 	defer st.cleanup()
 	d.store = st
 	fmt.Fprintf(out, "chanwatch demo: %d nodes, %d channels in %d collections, on %s\n", cfg.nodes, cfg.channels, cfg.collections, st.name)
+	if cfg.failing > 0 {
+		fmt.Fprintf(out, "  plus %d node(s) whose handler fails every Watch\n", cfg.failing)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -262,8 +273,8 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = coord.Run(ctx) }()
 
-	for i := 0; i < cfg.nodes; i++ {
-		if _, err := d.startNode(ctx, &wg); err != nil {
+	for i := 0; i < cfg.nodes+cfg.failing; i++ {
+		if _, err := d.startNode(ctx, &wg, i >= cfg.nodes); err != nil {
 			return err
 		}
 	}
@@ -287,9 +298,33 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 		return err
 	}
 	d.phases[len(d.phases)-1].took = time.Since(regStart)
+	if cfg.failing > 0 {
+		if err := d.phase("quarantine failing", func() (bool, string) {
+			q, err := channelmgr.Quarantined(ctx, cob)
+			if err != nil {
+				return false, err.Error()
+			}
+			n := 0
+			for _, dn := range d.nodes {
+				if _, ok := q[dn.node.ID()]; ok && dn.failing {
+					n++
+				}
+			}
+			ok, s := d.converged()
+			return ok && n == cfg.failing, fmt.Sprintf("%s, %d/%d failing nodes quarantined", s, n, cfg.failing)
+		}); err != nil {
+			return err
+		}
+	}
 
 	rng := rand.New(rand.NewPCG(uint64(cfg.seed), 7))
-	victim := d.nodes[rng.IntN(len(d.nodes))]
+	var healthy []*demoNode
+	for _, n := range d.nodes {
+		if !n.failing {
+			healthy = append(healthy, n)
+		}
+	}
+	victim := healthy[rng.IntN(len(healthy))]
 	victimID := victim.node.ID()
 	d.crash(victim)
 	if err := d.phase(fmt.Sprintf("crash node %d", victimID), func() (bool, string) {
@@ -301,7 +336,7 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 		return err
 	}
 
-	joiner, err := d.startNode(ctx, &wg)
+	joiner, err := d.startNode(ctx, &wg, false)
 	if err != nil {
 		return err
 	}
@@ -318,7 +353,7 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 
 	var drainee *demoNode
 	for _, n := range d.nodes {
-		if !n.gone && n != joiner {
+		if !n.gone && n != joiner && !n.failing {
 			drainee = n
 			break
 		}
@@ -362,6 +397,9 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 		return fmt.Errorf("checker: %w", err)
 	}
 	d.printSummary(time.Since(start))
+	if err := d.reportFailing(ctx, cob); err != nil {
+		return err
+	}
 	violations := append(d.rec.Violations(), d.checker.Violations()...)
 	if len(violations) > 0 {
 		fmt.Fprintf(out, "INVARIANTS VIOLATED (%d):\n", len(violations))
@@ -374,12 +412,12 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 	return nil
 }
 
-func (d *demo) startNode(ctx context.Context, wg *sync.WaitGroup) (*demoNode, error) {
+func (d *demo) startNode(ctx context.Context, wg *sync.WaitGroup, failing bool) (*demoNode, error) {
 	b, err := d.store.open()
 	if err != nil {
 		return nil, err
 	}
-	dn := &demoNode{name: fmt.Sprintf("process-%d", len(d.nodes)+1), b: b, done: make(chan struct{})}
+	dn := &demoNode{name: fmt.Sprintf("process-%d", len(d.nodes)+1), b: b, done: make(chan struct{}), failing: failing}
 	var n *nodewatch.Node
 	h := d.rec.Handler(dn.name, func() int64 {
 		if n == nil {
@@ -387,6 +425,9 @@ func (d *demo) startNode(ctx context.Context, wg *sync.WaitGroup) (*demoNode, er
 		}
 		return n.ID()
 	})
+	if failing {
+		h.FailWatch("", -1)
+	}
 	n, err = nodewatch.New(b, h, nodewatch.WithLogger(d.lg.Named(dn.name)), nodewatch.WithSessionTTL(d.cfg.ttl))
 	if err != nil {
 		return nil, err
@@ -471,12 +512,58 @@ func (d *demo) converged() (bool, string) {
 		fmt.Sprintf("%d/%d channels Watched", watched, d.cfg.channels)
 }
 
-// spread returns the lowest and highest channel counts over live serving nodes.
+// reportFailing prints, for each failing node, how many channels were sent
+// to it and its published quarantine, and fails if one holds a channel.
+func (d *demo) reportFailing(ctx context.Context, b kv.KV) error {
+	if d.cfg.failing == 0 {
+		return nil
+	}
+	q, err := channelmgr.Quarantined(ctx, b)
+	if err != nil {
+		return err
+	}
+	v := d.checker.View()
+	for _, n := range d.nodes {
+		if !n.failing {
+			continue
+		}
+		id := n.node.ID()
+		sent, held := 0, 0
+		for ch := range v.Registered {
+			for _, kc := range d.checker.History(ch) {
+				if kc.NodeID == id && kc.Type == kv.EventPut && kc.Info.State == meta.ToWatch && kc.Info.Progress == 0 {
+					sent++
+				}
+			}
+			if a, ok := v.Assign[ch]; ok && a.NodeID == id {
+				held++
+			}
+		}
+		status := "not quarantined"
+		if qq, ok := q[id]; ok {
+			status = fmt.Sprintf("quarantined %d time(s) until %s: %s", qq.Quarantines, qq.Until.Format(time.TimeOnly), qq.Reason)
+		}
+		fmt.Fprintf(d.out, "failing node %d: %d channel attempts sent to it, %d held now; %s\n", id, sent, held, status)
+		if held > 0 {
+			return fmt.Errorf("failing node %d still holds %d channels", id, held)
+		}
+	}
+	return nil
+}
+
+// spread returns the lowest and highest channel counts over live serving
+// nodes that are not failing on purpose.
 func (d *demo) spread() (int, int) {
 	v := d.checker.View()
+	failing := map[int64]bool{}
+	for _, n := range d.nodes {
+		if n.failing {
+			failing[n.node.ID()] = true
+		}
+	}
 	counts := map[int64]int{}
 	for id, st := range v.Live {
-		if st == meta.NodeServing {
+		if st == meta.NodeServing && !failing[id] {
 			counts[id] = 0
 		}
 	}

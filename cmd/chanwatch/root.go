@@ -69,6 +69,7 @@ func newRootCmd() *cobra.Command {
 		newDrainCmd(g),
 		newPauseCmd(g, true),
 		newPauseCmd(g, false),
+		newUnquarantineCmd(g),
 		bench.NewCommand(),
 	)
 	for _, c := range root.Commands() {

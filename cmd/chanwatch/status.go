@@ -23,6 +23,12 @@ type nodeStatus struct {
 	State       string  `json:"state"`
 	Channels    int     `json:"channels"`
 	LeaseTTLSec float64 `json:"lease_ttl_left_s"`
+	// Health is "ok", "quarantined" (no new work until QuarantinedUntil)
+	// or "probing" (its quarantine ran out: one channel at a time until a
+	// success), as the leader published it.
+	Health           string     `json:"health"`
+	QuarantinedUntil *time.Time `json:"quarantined_until,omitempty"`
+	QuarantineReason string     `json:"quarantine_reason,omitempty"`
 }
 
 type channelStatus struct {
@@ -67,6 +73,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	nodes := map[int64]*nodeStatus{}
 	leases := map[int64]kv.LeaseID{}
 	incarnations := map[int64]int64{} // node ID -> session key create revision
+	quarantine := map[int64]meta.Quarantine{}
 	now := time.Now()
 	for _, it := range items {
 		switch {
@@ -102,6 +109,18 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			}
 		case it.Key == meta.BalancePausedKey:
 			r.BalancePaused = true
+		case strings.HasPrefix(it.Key, meta.QuarantinePrefix):
+			id, err := meta.ParseQuarantineKey(it.Key)
+			if err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+				continue
+			}
+			q, err := meta.DecodeQuarantine(it.Key, it.Value)
+			if err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+				q = meta.Quarantine{Node: id, Reason: "corrupt quarantine key"}
+			}
+			quarantine[id] = q
 		case strings.HasPrefix(it.Key, meta.ChannelPrefix):
 			id, ch, err := meta.ParseChannelKey(it.Key)
 			if err != nil {
@@ -138,6 +157,16 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		}
 	}
 	for id, n := range nodes {
+		n.Health = "ok"
+		if q, ok := quarantine[id]; ok {
+			// The leader's clock may differ from ours; until is its word.
+			n.Health = "quarantined"
+			if !q.Until.IsZero() && !now.Before(q.Until) {
+				n.Health = "probing"
+			}
+			until := q.Until
+			n.QuarantinedUntil, n.QuarantineReason = &until, q.Reason
+		}
 		if ttl, err := b.TimeToLive(ctx, leases[id]); err == nil {
 			n.LeaseTTLSec = ttl.Round(100 * time.Millisecond).Seconds()
 		}
@@ -161,9 +190,15 @@ func printStatusTable(w io.Writer, r *statusReport) {
 	}
 	fmt.Fprintf(w, "root %s  revision %d  leader %s  balancing %s\n", r.Root, r.Revision, leader, map[bool]string{true: "PAUSED", false: "on"}[r.BalancePaused])
 	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tADDR\tSTATE\tCHANNELS\tLEASE TTL LEFT")
+	fmt.Fprintln(tw, "\nNODE\tADDR\tSTATE\tHEALTH\tCHANNELS\tLEASE TTL LEFT")
+	var quarantined []nodeStatus
 	for _, n := range r.Nodes {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%.1fs\n", n.ID, orDash(n.Addr), n.State, n.Channels, n.LeaseTTLSec)
+		health := n.Health
+		if n.QuarantinedUntil != nil {
+			health += " until " + n.QuarantinedUntil.Local().Format(time.TimeOnly)
+			quarantined = append(quarantined, n)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%.1fs\n", n.ID, orDash(n.Addr), n.State, health, n.Channels, n.LeaseTTLSec)
 	}
 	fmt.Fprintln(tw, "\nCHANNEL\tCOLLECTION\tOWNER\tSTATE\tAGE\tATTEMPTS\tLAST ERROR")
 	for _, c := range r.Channels {
@@ -182,6 +217,9 @@ func printStatusTable(w io.Writer, r *statusReport) {
 	tw.Flush()
 	fmt.Fprintf(w, "\n%d node(s), %d channel(s), %d remaining, %d registered but unassigned\n",
 		len(r.Nodes), len(r.Channels), len(r.Remaining), len(r.Unassigned))
+	for _, n := range quarantined {
+		fmt.Fprintf(w, "node %d %s: %s (lift: chanwatch unquarantine %d)\n", n.ID, n.Health, n.QuarantineReason, n.ID)
+	}
 	if len(r.Corrupt) > 0 {
 		fmt.Fprintf(w, "%d corrupt key(s): %s\n", len(r.Corrupt), strings.Join(r.Corrupt, ", "))
 	}
