@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Defaults (DESIGN.md §3).
+// Defaults (see docs/PROTOCOL.md).
 const (
 	DefaultSessionTTL       = 10 * time.Second
 	DefaultNodeTTL          = 10 * time.Second

@@ -4,7 +4,8 @@
 // key, so that the coordinator (package channelmgr) can move channels
 // between nodes without ever talking to a node directly.
 //
-// For each channel the node runs the protocol of DESIGN.md §3:
+// For each channel the node runs the protocol described in docs/PROTOCOL.md
+// of the chanwatch repository:
 //
 //   - PUT ToWatch: Handler.Watch with the assignment's fencing token
 //     (AssignRevision = the key's mod revision of that ToWatch put); Progress

@@ -227,7 +227,7 @@ func RegisterNode(ctx context.Context, b kv.Backend, s *Session, info meta.NodeS
 		// Only a foreign writer can have created a key for a fresh ID.
 		return nil, fmt.Errorf("session: register node %d: %s already exists", id, key)
 	}
-	s.log.Info("node registered", zap.Int64("node", id), zap.Int64("create_revision", resp.Revision))
+	s.log.Debug("node session key created", zap.Int64("node", id), zap.Int64("create_revision", resp.Revision))
 	n := &Node{id: id, createRev: resp.Revision, b: b, s: s}
 	go n.monitor(b, resp.Revision+1)
 	return n, nil

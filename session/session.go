@@ -321,7 +321,7 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 			if past {
 				s.log.Warn("session fenced: past the fence deadline on the suspend clock (was the process or system suspended?)",
 					zap.Time("fence_deadline", deadline))
-				s.end(fmt.Errorf("%w: lease %d, deadline %v passed during a suspend", ErrFenced, s.lease, deadline))
+				s.end(fmt.Errorf("%w: lease %d, deadline %s passed during a suspend", ErrFenced, s.lease, stamp(deadline)))
 				return
 			}
 
@@ -334,7 +334,7 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 			}
 			s.log.Warn("session fenced: no keep-alive acked before the fence deadline",
 				zap.Time("fence_deadline", deadline))
-			s.end(fmt.Errorf("%w: lease %d, deadline %v", ErrFenced, s.lease, deadline))
+			s.end(fmt.Errorf("%w: lease %d, deadline %s", ErrFenced, s.lease, stamp(deadline)))
 			return
 
 		case <-tick.Chan():
@@ -372,7 +372,7 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 				// fence, so the session must not come back to life.
 				deadline := s.deadline
 				s.mu.Unlock()
-				s.end(fmt.Errorf("%w: lease %d, deadline %v (keep-alive acked late)", ErrFenced, s.lease, deadline))
+				s.end(fmt.Errorf("%w: lease %d, deadline %s (keep-alive acked late)", ErrFenced, s.lease, stamp(deadline)))
 				return
 			}
 			deadline := s.deadline
@@ -393,3 +393,7 @@ func (s *Session) run(fence, tick clockwork.Timer) {
 		}
 	}
 }
+
+// stamp formats t for a message: ISO-8601 in UTC, without Go's monotonic
+// clock reading (the "m=+..." suffix).
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
