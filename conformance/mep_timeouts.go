@@ -33,9 +33,9 @@ func anyPut(st meta.State) func(KeyChange) bool {
 }
 
 func mepWatchTimeoutReassign(t *testing.T, m *mep) {
-	// a never reports: its Watch of wt runs until cancelled and its
-	// progress heartbeat is far longer than the watch timeout.
-	a := m.startNode(withProgress(100*m.tm.watchTimeout), withScript(func(h *RecordingHandler) { h.WatchUntilCancel("wt") }))
+	// a's Watch of wt runs until cancelled and never reports progress; a
+	// itself is alive and heartbeats nothing for it (issue 12, kind 2).
+	a := m.startNode(withScript(func(h *RecordingHandler) { h.WatchUntilCancel("wt") }))
 	m.leaderCoord()
 	m.register(1, "wt")
 	aID := a.ID()
@@ -140,8 +140,8 @@ func (m *mep) backoff(n int) time.Duration {
 }
 
 func mepSlowWatchWithProgress(t *testing.T, m *mep) {
-	slow := m.tm.watchTimeout * 3 / 2 // well past the timeout, with heartbeats
-	m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("slow", slow) }))
+	slow := m.tm.watchTimeout * 3 / 2 // well past the timeout, reporting progress
+	m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("slow", slow, m.tm.progress/2) }))
 	m.leaderCoord()
 	m.register(1, "slow", "quick-1", "quick-2")
 	m.settle()
@@ -231,7 +231,7 @@ func mepReleaseTimeout(t *testing.T, m *mep) {
 
 func mepStaleAckRejected(t *testing.T, m *mep) {
 	var unblock func()
-	a := m.startNode(withProgress(100*m.tm.watchTimeout), withScript(func(h *RecordingHandler) { unblock = h.BlockWatch("stale") }))
+	a := m.startNode(withScript(func(h *RecordingHandler) { unblock = h.BlockWatch("stale") }))
 	m.leaderCoord()
 	m.register(1, "stale")
 	aID := a.ID()
