@@ -365,8 +365,8 @@ type nodeCfg struct {
 	ttl        time.Duration
 	progress   time.Duration
 	maxAttempt time.Duration // 0: nodewatch's default
-	script   func(h *RecordingHandler)
-	noWait   bool
+	script     func(h *RecordingHandler)
+	noWait     bool
 }
 
 type nodeOpt func(*nodeCfg)
