@@ -253,6 +253,7 @@ func mepHandlerNeverReturns(t *testing.T, m *mep) {
 	if waited := rel.Time.Sub(put.Time); waited < m.tm.watchTimeout-m.tm.tolerance {
 		m.fatalf("hang timed out after %v, before the watch timeout %v", waited, m.tm.watchTimeout)
 	}
+	m.checkTimedOut("hang", aID, put, rel)
 	for _, kc := range m.chk.History("hang") {
 		if kc.Type == kv.EventPut && kc.NodeID == aID && kc.Info.Progress > put.Info.Progress {
 			m.fatalf("progress written for a Watch that reported none: %v", kc)

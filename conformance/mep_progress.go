@@ -35,6 +35,22 @@ func (m *mep) waitWatchStart(ch string) {
 	})
 }
 
+// checkTimedOut checks that the coordinator timed out ch's attempt on node
+// with the release rel within two watch timeouts of from, the last write
+// the node had cause to make (its ToWatch, or its last reported
+// progress), and that the node did not give up first at its attempt cap (a
+// WatchFailure before rel). Liveness heartbeats keep the key fresh until
+// the cap, and fail this.
+func (m *mep) checkTimedOut(ch string, node int64, from, rel KeyChange) {
+	m.t.Helper()
+	if fail, ok := m.firstChange(ch, from.Rev, isPut(node, meta.WatchFailure)); ok && fail.Rev < rel.Rev {
+		m.fatalf("%s: WatchFailure %v before the timeout: the node gave up, the coordinator did not time it out", ch, fail)
+	}
+	if waited := rel.Time.Sub(from.Time); waited > 2*m.tm.watchTimeout {
+		m.fatalf("%s timed out %v after %v, want within about the watch timeout %v", ch, waited, from, m.tm.watchTimeout)
+	}
+}
+
 func progressed(node int64, st meta.State, than int64) func(KeyChange) bool {
 	return func(kc KeyChange) bool {
 		return kc.Type == kv.EventPut && kc.NodeID == node && kc.Info.State == st && kc.Info.Progress > than
@@ -70,6 +86,7 @@ func mepWatchProgressOnce(t *testing.T, m *mep) {
 	if waited := rel.Time.Sub(hb.Time); waited < m.tm.watchTimeout-m.tm.tolerance {
 		m.fatalf("timed out %v after the heartbeat, before the watch timeout %v: the heartbeat did not re-arm it", waited, m.tm.watchTimeout)
 	}
+	m.checkTimedOut("once", aID, hb, rel)
 	next, _ := m.firstChange("once", rel.Rev, anyPut(meta.ToWatch))
 	if next.NodeID != b.ID() || next.Info.FailedNode != aID {
 		m.fatalf("re-placement %v: want on %d with FailedNode %d", next, b.ID(), aID)

@@ -58,6 +58,7 @@ func mepWatchTimeoutReassign(t *testing.T, m *mep) {
 	if waited := rel.Time.Sub(put.Time); waited < m.tm.watchTimeout-m.tm.tolerance {
 		m.fatalf("ToWatch timed out after %v, before the watch timeout %v", waited, m.tm.watchTimeout)
 	}
+	m.checkTimedOut("wt", aID, put, rel)
 	next, _ := m.firstChange("wt", rel.Rev, anyPut(meta.ToWatch))
 	if next.NodeID != b.ID() || next.Info.Attempts < 1 || next.Info.FailedNode != aID {
 		m.fatalf("re-placement %v: want on %d with Attempts >= 1 and FailedNode %d", next, b.ID(), aID)
@@ -250,6 +251,9 @@ func mepStaleAckRejected(t *testing.T, m *mep) {
 		}
 		return ""
 	})
+	put, _ := m.firstChange("stale", 0, isPut(aID, meta.ToWatch))
+	rel, _ := m.firstChange("stale", 0, isPut(aID, meta.ToRelease))
+	m.checkTimedOut("stale", aID, put, rel)
 	unblock()
 	m.settle()
 	if owner := m.owners()["stale"]; owner != b.ID() {
