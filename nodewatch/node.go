@@ -173,33 +173,15 @@ func (n *Node) retryReleases(ctx context.Context) {
 // New returns a Node for handler h on backend b. It validates the options
 // (ErrInvalidConfig) and does no I/O.
 func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
-	cfg := config{ttl: DefaultSessionTTL, progress: DefaultProgressInterval, maxAttempt: DefaultMaxAttempt,
-		clock: clockwork.NewRealClock()}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	margin, keepAlive := cfg.fence()
 	switch {
 	case b == nil:
 		return nil, fmt.Errorf("%w: nil backend", ErrInvalidConfig)
 	case h == nil:
 		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
-	case cfg.ttl <= 0:
-		return nil, fmt.Errorf("%w: session TTL %v must be > 0", ErrInvalidConfig, cfg.ttl)
-	case cfg.progress <= 0:
-		return nil, fmt.Errorf("%w: progress interval %v must be > 0", ErrInvalidConfig, cfg.progress)
-	case cfg.maxAttempt < 0:
-		return nil, fmt.Errorf("%w: max attempt %v must be >= 0 (0: no cap)", ErrInvalidConfig, cfg.maxAttempt)
-	case margin <= 0 || margin >= cfg.ttl:
-		return nil, fmt.Errorf("%w: fence margin %v must be > 0 and < session TTL %v", ErrInvalidConfig, margin, cfg.ttl)
-	case keepAlive <= 0 || keepAlive+margin >= cfg.ttl:
-		return nil, fmt.Errorf("%w: keep-alive interval %v must be > 0 and leave room before the fence deadline: interval + fence margin %v must be < session TTL %v",
-			ErrInvalidConfig, keepAlive, margin, cfg.ttl)
-	case cfg.clock == nil:
-		return nil, fmt.Errorf("%w: nil clock", ErrInvalidConfig)
 	}
-	if cfg.log == nil {
-		cfg.log = zap.NewNop()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	return &Node{
 		b:       b,
@@ -209,6 +191,45 @@ func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
 		runDone: make(chan struct{}),
 		stopCh:  make(chan struct{}),
 	}, nil
+}
+
+// ValidateOptions returns the error New would return for opts (wrapping
+// ErrInvalidConfig), or nil, without a backend: a CLI checks its flags
+// before it connects.
+func ValidateOptions(opts ...Option) error {
+	_, err := newConfig(opts)
+	return err
+}
+
+func newConfig(opts []Option) (config, error) {
+	cfg := config{ttl: DefaultSessionTTL, progress: DefaultProgressInterval, maxAttempt: DefaultMaxAttempt,
+		clock: clockwork.NewRealClock()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	margin, keepAlive := cfg.fence()
+	bad := func(format string, args ...any) (config, error) {
+		return config{}, fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case cfg.ttl <= 0:
+		return bad("session TTL %v must be > 0", cfg.ttl)
+	case cfg.progress <= 0:
+		return bad("progress interval %v must be > 0", cfg.progress)
+	case cfg.maxAttempt < 0:
+		return bad("max attempt %v must be >= 0 (0: no cap)", cfg.maxAttempt)
+	case margin <= 0 || margin >= cfg.ttl:
+		return bad("fence margin %v must be > 0 and < session TTL %v", margin, cfg.ttl)
+	case keepAlive <= 0 || keepAlive+margin >= cfg.ttl:
+		return bad("keep-alive interval %v must be > 0 and leave room before the fence deadline: interval + fence margin %v must be < session TTL %v",
+			keepAlive, margin, cfg.ttl)
+	case cfg.clock == nil:
+		return bad("nil clock")
+	}
+	if cfg.log == nil {
+		cfg.log = zap.NewNop()
+	}
+	return cfg, nil
 }
 
 // fence returns the fence margin and keep-alive interval, defaults applied.

@@ -3,6 +3,7 @@ package nodewatch_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +196,9 @@ func TestFenceOptionsValidated(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := nodewatch.New(b, h, tc.opts...)
+			if verr := nodewatch.ValidateOptions(tc.opts...); fmt.Sprint(verr) != fmt.Sprint(err) {
+				t.Fatalf("ValidateOptions: %v, New: %v; want the same", verr, err)
+			}
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("New: %v, want valid", err)
