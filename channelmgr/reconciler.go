@@ -37,6 +37,9 @@ type reconciler struct {
 	timers     map[string]timer // by assignment key
 	retry      []*batch         // batches whose outcome is unknown, to resend as they are
 	refused    int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
+	// maxTTL is the largest node TTL this term knows of: WithNodeTTL, or a
+	// larger one a node advertised (see nodeTTL).
+	maxTTL time.Duration
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
