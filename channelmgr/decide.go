@@ -107,11 +107,22 @@ func (r *reconciler) stale(k *keyEntry) bool {
 	return live && k.createRev < ne.createRev
 }
 
+// nodeTTL is how long node id's lease may outlive the moment it was last
+// renewed: the TTL the node advertises in its session key when known (it
+// is the TTL its lease was granted with, and the node fences one margin
+// before it), otherwise fallbackTTL.
 func (r *reconciler) nodeTTL(id int64) time.Duration {
 	if t := r.node(id).ttl; t > 0 {
 		return t
 	}
-	return r.cfg.nodeTTL
+	return r.fallbackTTL()
+}
+
+// fallbackTTL is the TTL assumed for a node whose own is unknown (gone
+// before this term saw its session): the larger of WithNodeTTL and every
+// TTL a node has advertised in this term (a longer one is logged).
+func (r *reconciler) fallbackTTL() time.Duration {
+	return max(r.cfg.nodeTTL, r.maxTTL)
 }
 
 // never is a time no clock reaches.
@@ -127,7 +138,7 @@ func (r *reconciler) movableAt(id int64) time.Time {
 	if nrt.revokeLease != kv.NoLease {
 		return never // not known yet: revoke first
 	}
-	t := r.start.Add(max(r.cfg.nodeTTL, r.nodeTTL(id)))
+	t := r.start.Add(max(r.fallbackTTL(), r.nodeTTL(id)))
 	if nrt.fenceUntil.After(t) {
 		t = nrt.fenceUntil
 	}

@@ -63,6 +63,13 @@ func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.session
 // the coordinator treats channels of nodes that are gone as movable only
 // this long after it started leading, because its predecessor may have
 // just evicted them. > 0.
+//
+// Where a node's TTL is known (it advertises it in its session key,
+// meta.NodeSession.TTL), that node's channels wait its own TTL, shorter or
+// longer. A node that advertises a TTL longer than WithNodeTTL is logged
+// as a warning, and from then on the longer TTL is the wait for every node
+// whose TTL is unknown: the coordinator never waits less than a TTL it has
+// seen in use.
 func WithNodeTTL(d time.Duration) Option { return func(c *config) { c.nodeTTL = d } }
 
 // WithWatchTimeout sets how long a ToWatch may go without any change

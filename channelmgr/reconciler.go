@@ -41,6 +41,9 @@ type reconciler struct {
 	// carries a release quarantine over to a node's next session.
 	health map[int64]*nodeHealth
 	byAddr map[string]*nodeHealth
+	// maxTTL is the largest node TTL this term knows of: WithNodeTTL, or a
+	// larger one a node advertised (see nodeTTL).
+	maxTTL time.Duration
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is

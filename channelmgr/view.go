@@ -229,6 +229,11 @@ func (r *reconciler) nodeSeen(id int64, e *nodeEntry) {
 	rt := r.node(id)
 	if e.sess.TTL > 0 {
 		rt.ttl = e.sess.TTL
+		if e.sess.TTL > r.fallbackTTL() {
+			r.log.Warn("node advertises a session TTL longer than WithNodeTTL: using it for this node, and for nodes whose TTL is unknown; raise WithNodeTTL to at least every node's TTL",
+				zap.Int64("node", id), zap.Duration("node_ttl", e.sess.TTL), zap.Duration("configured", r.cfg.nodeTTL))
+			r.maxTTL = e.sess.TTL
+		}
 	}
 	now := r.clock.Now()
 	if rt.incRev != e.createRev {

@@ -208,9 +208,11 @@ func mepHandlerPanics(t *testing.T, m *mep) {
 	}
 }
 
-// mepHandlerNeverReturns: a Watch that never returns blocks nothing else
-// (other channels of the node run), is kept alive by progress, and when it
-// must be released the node is evicted and its other channels fail over.
+// mepHandlerNeverReturns: a Watch that never returns, never reports
+// progress and ignores its ctx blocks nothing else on its node and is timed
+// out although the node itself is alive (issue 12, kind 2): the node
+// cannot release it (Watch has not returned), so after the release timeout
+// it is evicted, and the channel lands on the idle node.
 func mepHandlerNeverReturns(t *testing.T, m *mep) {
 	var unblock func()
 	a := m.startNode(withScript(func(h *RecordingHandler) { unblock = h.BlockWatch("hang") }))
@@ -233,18 +235,33 @@ func mepHandlerNeverReturns(t *testing.T, m *mep) {
 		}
 		return ""
 	})
-	m.elapse(m.tm.watchTimeout + 2*m.tm.progress)
-	if kc, ok := m.firstChange("hang", 0, anyPut(meta.ToRelease)); ok {
-		m.fatalf("a hung Watch that reports progress was timed out: %v", kc)
-	}
 	b := m.startNode()
-	m.deregister("hang")
-	m.waitFor(a.name+" to be evicted and its channels to run on "+b.name, func() string {
+	m.waitFor(a.name+" to be evicted and hang to run on "+b.name, func() string {
 		if m.chk.SessionEnd(aID) == 0 {
 			return "not evicted"
 		}
-		return m.unsettled()
+		if as := m.chk.View().Assign["hang"]; as.NodeID != b.ID() || as.Info.State != meta.Watched {
+			return fmt.Sprintf("hang %v on %d", as.Info.State, as.NodeID)
+		}
+		return ""
 	})
+	put, _ := m.firstChange("hang", 0, isPut(aID, meta.ToWatch))
+	rel, ok := m.firstChange("hang", 0, isPut(aID, meta.ToRelease))
+	if !ok {
+		m.fatalf("hang was never timed out on %s: %v", a.name, m.chk.History("hang"))
+	}
+	if waited := rel.Time.Sub(put.Time); waited < m.tm.watchTimeout-m.tm.tolerance {
+		m.fatalf("hang timed out after %v, before the watch timeout %v", waited, m.tm.watchTimeout)
+	}
+	m.checkTimedOut("hang", aID, put, rel)
+	for _, kc := range m.chk.History("hang") {
+		if kc.Type == kv.EventPut && kc.NodeID == aID && kc.Info.Progress > put.Info.Progress {
+			m.fatalf("progress written for a Watch that reported none: %v", kc)
+		}
+	}
+	// The node heals: its next Watch of hang (balance may bring it back)
+	// returns at once.
+	a.h.Clear("hang")
 	unblock()
 	m.waitBalanced("the node to come back")
 }

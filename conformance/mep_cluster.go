@@ -364,16 +364,20 @@ func (n *mepNode) ID() int64 {
 
 // nodeCfg is how a scenario shapes one node.
 type nodeCfg struct {
-	ttl      time.Duration
-	progress time.Duration
-	script   func(h *RecordingHandler)
-	noWait   bool
+	ttl        time.Duration
+	progress   time.Duration
+	maxAttempt time.Duration // 0: nodewatch's default
+	script     func(h *RecordingHandler)
+	noWait     bool
 }
 
 type nodeOpt func(*nodeCfg)
 
 // withProgress sets the node's progress heartbeat interval.
 func withProgress(d time.Duration) nodeOpt { return func(c *nodeCfg) { c.progress = d } }
+
+// withMaxAttempt sets the node's cap on one handler call.
+func withMaxAttempt(d time.Duration) nodeOpt { return func(c *nodeCfg) { c.maxAttempt = d } }
 
 // withScript scripts the node's handler before it starts.
 func withScript(f func(h *RecordingHandler)) nodeOpt { return func(c *nodeCfg) { c.script = f } }
@@ -400,13 +404,17 @@ func (m *mep) startNode(opts ...nodeOpt) *mepNode {
 	if cfg.script != nil {
 		cfg.script(mn.h)
 	}
-	n, err := nodewatch.New(mn.kv, mn.h,
+	nwOpts := []nodewatch.Option{
 		nodewatch.WithSessionTTL(cfg.ttl),
 		nodewatch.WithProgressInterval(cfg.progress),
 		nodewatch.WithClock(m.clock),
 		nodewatch.WithLogger(m.log.Named(name)),
 		nodewatch.WithAddr(name),
-	)
+	}
+	if cfg.maxAttempt > 0 {
+		nwOpts = append(nwOpts, nodewatch.WithMaxAttempt(cfg.maxAttempt))
+	}
+	n, err := nodewatch.New(mn.kv, mn.h, nwOpts...)
 	if err != nil {
 		m.t.Fatalf("nodewatch.New(%s): %v", name, err)
 	}

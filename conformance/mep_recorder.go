@@ -12,6 +12,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/nodewatch"
 )
 
 // HandlerEventKind names one step of a handler call.
@@ -454,7 +455,12 @@ type script struct {
 	failWatch    int // Watch calls left to fail; < 0: always
 	panicWatch   bool
 	slowWatch    time.Duration
+	slowEvery    time.Duration // SlowWatch reports progress this often (0: never)
 	untilCancel  bool          // Watch returns only when its ctx ends
+	cancelEvery  time.Duration // ... reporting progress this often (0: never)
+	reportOnce   time.Duration // ... after reporting progress once, this long after it started
+	slowRelease  time.Duration
+	relEvery     time.Duration // SlowRelease reports progress this often (0: never)
 	blockWatch   chan struct{} // Watch ignores ctx until closed
 	failRelease  int
 	panicRelease bool
@@ -517,14 +523,71 @@ func (h *RecordingHandler) FailWatch(ch string, n int) {
 func (h *RecordingHandler) PanicWatch(ch string) { h.edit(ch, func(s *script) { s.panicWatch = true }) }
 
 // SlowWatch makes Watch of ch take d on the clock (returning ctx's error
-// early if its ctx ends).
-func (h *RecordingHandler) SlowWatch(ch string, d time.Duration) {
-	h.edit(ch, func(s *script) { s.slowWatch = d })
+// early if its ctx ends), reporting progress (nodewatch.ReportProgress)
+// every `every` of the clock (0: never; a slow Watch that looks stuck).
+func (h *RecordingHandler) SlowWatch(ch string, d, every time.Duration) {
+	h.edit(ch, func(s *script) { s.slowWatch, s.slowEvery = d, every })
 }
 
-// WatchUntilCancel makes Watch of ch return only when its ctx ends.
+// WatchUntilCancel makes Watch of ch return only when its ctx ends,
+// without reporting progress: a Watch that is stuck but honours its ctx.
 func (h *RecordingHandler) WatchUntilCancel(ch string) {
 	h.edit(ch, func(s *script) { s.untilCancel = true })
+}
+
+// WatchProgressUntilCancel makes Watch of ch return only when its ctx
+// ends, reporting progress every `every` of the clock meanwhile: a Watch
+// that never finishes but always looks busy.
+func (h *RecordingHandler) WatchProgressUntilCancel(ch string, every time.Duration) {
+	h.edit(ch, func(s *script) { s.untilCancel, s.cancelEvery = true, every })
+}
+
+// WatchProgressOnce makes Watch of ch report progress once, after on the
+// clock, then return only when its ctx ends: a Watch that hangs after a
+// first sign of life.
+func (h *RecordingHandler) WatchProgressOnce(ch string, after time.Duration) {
+	h.edit(ch, func(s *script) { s.untilCancel, s.reportOnce = true, after })
+}
+
+// SlowRelease makes Release of ch take d on the clock (its ctx ending
+// early makes it return ctx's error), reporting progress every `every`
+// (0: never): a long flush.
+func (h *RecordingHandler) SlowRelease(ch string, d, every time.Duration) {
+	h.edit(ch, func(s *script) { s.slowRelease, s.relEvery = d, every })
+}
+
+// busy waits d on the clock (forever when d <= 0) or until ctx ends,
+// reporting progress every `every` (0: never) and once after `once` (0:
+// never). It returns ctx's error if ctx ended first.
+func (h *RecordingHandler) busy(ctx context.Context, d, every, once time.Duration) error {
+	var doneC, everyC, onceC <-chan time.Time
+	if d > 0 {
+		t := h.rec.clock.NewTimer(d)
+		defer t.Stop()
+		doneC = t.Chan()
+	}
+	if every > 0 {
+		t := h.rec.clock.NewTicker(every)
+		defer t.Stop()
+		everyC = t.Chan()
+	}
+	if once > 0 {
+		t := h.rec.clock.NewTimer(once)
+		defer t.Stop()
+		onceC = t.Chan()
+	}
+	for {
+		select {
+		case <-doneC:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-everyC:
+			nodewatch.ReportProgress(ctx)
+		case <-onceC:
+			nodewatch.ReportProgress(ctx)
+		}
+	}
 }
 
 // BlockWatch makes Watch of ch hang, ignoring its ctx, until unblock is
@@ -613,14 +676,9 @@ func (h *RecordingHandler) Watch(ctx context.Context, info meta.ChannelInfo) (er
 		h.rec.markStuck(h.node, info.Name)
 		<-s.blockWatch
 	case s.untilCancel:
-		<-ctx.Done()
-		return ctx.Err()
+		return h.busy(ctx, 0, s.cancelEvery, s.reportOnce)
 	case s.slowWatch > 0:
-		select {
-		case <-h.rec.clock.After(s.slowWatch):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return h.busy(ctx, s.slowWatch, s.slowEvery, 0)
 	}
 	return nil
 }
@@ -654,6 +712,8 @@ func (h *RecordingHandler) Release(ctx context.Context, ch string) (err error) {
 		<-s.stuckRelease
 	case s.failRelease != 0:
 		return fmt.Errorf("%w: Release(%s)", ErrInjected, ch)
+	case s.slowRelease > 0:
+		return h.busy(ctx, s.slowRelease, s.relEvery, 0)
 	}
 	return nil
 }

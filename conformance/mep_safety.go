@@ -261,7 +261,7 @@ func nodeWrite(node func() int64, ch string, st meta.State, progress bool) func(
 // Release of a running channel, and no watch event of its own write taken
 // for a new assignment.
 func mepNodeWritesAmbiguous(t *testing.T, m *mep) {
-	a := m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("nwa-hb", 3*m.tm.progress) }))
+	a := m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("nwa-hb", 3*m.tm.progress, m.tm.progress/2) }))
 	a.kv.Ambiguous(nodeWrite(a.ID, "nwa-hb", meta.ToWatch, true), nil)
 	a.kv.Ambiguous(nodeWrite(a.ID, "nwa-ack", meta.Watched, false), nil)
 	a.kv.Ambiguous(nodeWrite(a.ID, "nwa-rel", meta.Released, false), nil)

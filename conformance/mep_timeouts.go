@@ -33,9 +33,9 @@ func anyPut(st meta.State) func(KeyChange) bool {
 }
 
 func mepWatchTimeoutReassign(t *testing.T, m *mep) {
-	// a never reports: its Watch of wt runs until cancelled and its
-	// progress heartbeat is far longer than the watch timeout.
-	a := m.startNode(withProgress(100*m.tm.watchTimeout), withScript(func(h *RecordingHandler) { h.WatchUntilCancel("wt") }))
+	// a's Watch of wt runs until cancelled and never reports progress; a
+	// itself is alive and heartbeats nothing for it (issue 12, kind 2).
+	a := m.startNode(withScript(func(h *RecordingHandler) { h.WatchUntilCancel("wt") }))
 	m.leaderCoord()
 	m.register(1, "wt")
 	aID := a.ID()
@@ -58,6 +58,7 @@ func mepWatchTimeoutReassign(t *testing.T, m *mep) {
 	if waited := rel.Time.Sub(put.Time); waited < m.tm.watchTimeout-m.tm.tolerance {
 		m.fatalf("ToWatch timed out after %v, before the watch timeout %v", waited, m.tm.watchTimeout)
 	}
+	m.checkTimedOut("wt", aID, put, rel)
 	next, _ := m.firstChange("wt", rel.Rev, anyPut(meta.ToWatch))
 	if next.NodeID != b.ID() || next.Info.Attempts < 1 || next.Info.FailedNode != aID {
 		m.fatalf("re-placement %v: want on %d with Attempts >= 1 and FailedNode %d", next, b.ID(), aID)
@@ -140,8 +141,8 @@ func (m *mep) backoff(n int) time.Duration {
 }
 
 func mepSlowWatchWithProgress(t *testing.T, m *mep) {
-	slow := m.tm.watchTimeout * 3 / 2 // well past the timeout, with heartbeats
-	m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("slow", slow) }))
+	slow := m.tm.watchTimeout * 3 / 2 // well past the timeout, reporting progress
+	m.startNode(withScript(func(h *RecordingHandler) { h.SlowWatch("slow", slow, m.tm.progress/2) }))
 	m.leaderCoord()
 	m.register(1, "slow", "quick-1", "quick-2")
 	m.settle()
@@ -231,7 +232,7 @@ func mepReleaseTimeout(t *testing.T, m *mep) {
 
 func mepStaleAckRejected(t *testing.T, m *mep) {
 	var unblock func()
-	a := m.startNode(withProgress(100*m.tm.watchTimeout), withScript(func(h *RecordingHandler) { unblock = h.BlockWatch("stale") }))
+	a := m.startNode(withScript(func(h *RecordingHandler) { unblock = h.BlockWatch("stale") }))
 	m.leaderCoord()
 	m.register(1, "stale")
 	aID := a.ID()
@@ -250,6 +251,9 @@ func mepStaleAckRejected(t *testing.T, m *mep) {
 		}
 		return ""
 	})
+	put, _ := m.firstChange("stale", 0, isPut(aID, meta.ToWatch))
+	rel, _ := m.firstChange("stale", 0, isPut(aID, meta.ToRelease))
+	m.checkTimedOut("stale", aID, put, rel)
 	unblock()
 	m.settle()
 	if owner := m.owners()["stale"]; owner != b.ID() {

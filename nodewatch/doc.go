@@ -9,11 +9,13 @@
 //
 //   - PUT ToWatch: Handler.Watch with the assignment's fencing token
 //     (AssignRevision = the key's mod revision of that ToWatch put); Progress
-//     heartbeats while it runs; then, only if the key is unchanged, Watched
-//     or WatchFailure. If the coordinator moved on meanwhile, the channel is
+//     heartbeats while it runs, only when the handler reports progress
+//     (ReportProgress), at most one per progress interval; then, only if the
+//     key is unchanged, Watched or WatchFailure. If the coordinator moved on meanwhile, the channel is
 //     released and nothing is written.
-//   - PUT ToRelease: cancel, Handler.Release, then Released or
-//     ReleaseFailure. DELETE: release locally, write nothing.
+//   - PUT ToRelease: cancel, Handler.Release (whose progress reports bump
+//     Progress on the ToRelease key, re-arming the release timeout), then
+//     Released or ReleaseFailure. DELETE: release locally, write nothing.
 //   - Session loss: when the session can no longer prove its lease alive
 //     (session.ErrFenced, also checked against a clock that counts through
 //     a system suspend), the lease is gone, or the node's session key is

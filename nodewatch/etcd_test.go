@@ -32,14 +32,21 @@ func TestOnEtcd(t *testing.T) {
 	h := newHandler(t)
 	slow := make(chan struct{})
 	h.watch = func(ctx context.Context, info meta.ChannelInfo) error {
-		if info.Name == "slow" {
+		if info.Name != "slow" {
+			return nil
+		}
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
 			select {
 			case <-slow:
+				return nil
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-tick.C:
+				nodewatch.ReportProgress(ctx) // a slow Watch says it is not stuck
 			}
 		}
-		return nil
 	}
 	ttl := 2 * srv.MinLeaseTTL()
 	n, err := nodewatch.New(b, h, nodewatch.WithSessionTTL(ttl), nodewatch.WithProgressInterval(50*time.Millisecond))

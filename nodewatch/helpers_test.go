@@ -322,6 +322,26 @@ func (g *gate) watch(ctx context.Context, info meta.ChannelInfo) error {
 	}
 }
 
+// progressing is g's Watch that also reports progress every second of
+// clock while it waits: a slow Watch that is not stuck.
+func (g *gate) progressing(clock clockwork.Clock) func(ctx context.Context, info meta.ChannelInfo) error {
+	return func(ctx context.Context, info meta.ChannelInfo) error {
+		tick := clock.NewTicker(time.Second)
+		defer tick.Stop()
+		g.started <- info.Name
+		for {
+			select {
+			case <-g.open:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.Chan():
+				nodewatch.ReportProgress(ctx)
+			}
+		}
+	}
+}
+
 func (g *gate) waitStarted(t testing.TB, ch string) {
 	t.Helper()
 	select {

@@ -19,6 +19,8 @@ import (
 const (
 	DefaultSessionTTL       = 10 * time.Second
 	DefaultProgressInterval = 10 * time.Second
+	// DefaultMaxAttempt caps one Watch or Release call, progress or not.
+	DefaultMaxAttempt = 10 * time.Minute
 )
 
 // Errors.
@@ -33,23 +35,55 @@ var (
 type Option func(*config)
 
 type config struct {
-	ttl      time.Duration
-	progress time.Duration
-	clock    clockwork.Clock
-	log      *zap.Logger
-	addr     string
-	version  string
+	ttl        time.Duration
+	progress   time.Duration
+	maxAttempt time.Duration
+	margin     time.Duration // 0: TTL/5
+	keepAlive  time.Duration // 0: TTL/3
+	clock      clockwork.Clock
+	log        *zap.Logger
+	addr       string
+	version    string
 }
 
 // WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
-// node fences itself TTL/5 before the lease can expire on the server.
+// node fences itself one fence margin (WithFenceMargin) before the lease can
+// expire on the server. The node advertises it in its session key; the
+// coordinator's WithNodeTTL should be at least the largest TTL of any node.
 func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.ttl = d } }
 
-// WithProgressInterval sets how often the node bumps Progress on a channel
-// whose Watch is still running (default 10s; > 0), so the coordinator's
-// watch timeout sees a slow Watch is not a dead one. Keep it well under the
-// coordinator's watch timeout.
+// WithFenceMargin sets how long before the earliest possible server-side
+// expiry of its lease the node fences itself: cancels every Watch and
+// calls every Release (default, and 0: TTL/5). It is the time those calls have to
+// finish while the node still certainly owns its channels, so size it to
+// the handler's slowest release (a Milvus flowgraph flush can take longer
+// than TTL/5 = 2 s); it must also cover the drift between the node's and the
+// store's clocks. New requires 0 < margin < TTL, and keep-alive interval +
+// margin < TTL.
+func WithFenceMargin(d time.Duration) Option { return func(c *config) { c.margin = d } }
+
+// WithKeepAliveInterval sets how often the node's session renews its lease
+// (default, and 0: TTL/3). New requires interval > 0 and interval + fence
+// margin < TTL; keep interval + margin well under TTL, so that a keep-alive
+// can fail and the next still land before the fence deadline.
+func WithKeepAliveInterval(d time.Duration) Option { return func(c *config) { c.keepAlive = d } }
+
+// WithProgressInterval sets the least time between two Progress heartbeats
+// on one channel (default 10s; > 0). A heartbeat is written only when the
+// handler reported progress (ReportProgress) since the last one; it
+// re-arms the coordinator's watch or release timeout. Keep it well under
+// the coordinator's watch and release timeouts: a report reaches the store
+// at most one interval late.
 func WithProgressInterval(d time.Duration) Option { return func(c *config) { c.progress = d } }
+
+// WithMaxAttempt caps one Handler call (one Watch, one Release), whether
+// or not it reports progress (default 10 min; 0: no cap; >= 0). Past the
+// cap the node cancels the call's ctx and ignores its progress reports;
+// once the call returns, a Watch is reported as WatchFailure and a Release
+// as ReleaseFailure, with a LastError that names the cap. A call that
+// ignores its ctx still runs: without heartbeats the coordinator's timeout
+// then takes the channel back (a Watch) or evicts the node (a Release).
+func WithMaxAttempt(d time.Duration) Option { return func(c *config) { c.maxAttempt = d } }
 
 // WithClock sets the clock of every timer (default: the real clock).
 func WithClock(c clockwork.Clock) Option { return func(cfg *config) { cfg.clock = c } }
@@ -139,24 +173,15 @@ func (n *Node) retryReleases(ctx context.Context) {
 // New returns a Node for handler h on backend b. It validates the options
 // (ErrInvalidConfig) and does no I/O.
 func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
-	cfg := config{ttl: DefaultSessionTTL, progress: DefaultProgressInterval, clock: clockwork.NewRealClock()}
-	for _, o := range opts {
-		o(&cfg)
-	}
 	switch {
 	case b == nil:
 		return nil, fmt.Errorf("%w: nil backend", ErrInvalidConfig)
 	case h == nil:
 		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
-	case cfg.ttl <= 0:
-		return nil, fmt.Errorf("%w: session TTL %v must be > 0", ErrInvalidConfig, cfg.ttl)
-	case cfg.progress <= 0:
-		return nil, fmt.Errorf("%w: progress interval %v must be > 0", ErrInvalidConfig, cfg.progress)
-	case cfg.clock == nil:
-		return nil, fmt.Errorf("%w: nil clock", ErrInvalidConfig)
 	}
-	if cfg.log == nil {
-		cfg.log = zap.NewNop()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	return &Node{
 		b:       b,
@@ -166,6 +191,57 @@ func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
 		runDone: make(chan struct{}),
 		stopCh:  make(chan struct{}),
 	}, nil
+}
+
+// ValidateOptions returns the error New would return for opts (wrapping
+// ErrInvalidConfig), or nil, without a backend: a CLI checks its flags
+// before it connects.
+func ValidateOptions(opts ...Option) error {
+	_, err := newConfig(opts)
+	return err
+}
+
+func newConfig(opts []Option) (config, error) {
+	cfg := config{ttl: DefaultSessionTTL, progress: DefaultProgressInterval, maxAttempt: DefaultMaxAttempt,
+		clock: clockwork.NewRealClock()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	margin, keepAlive := cfg.fence()
+	bad := func(format string, args ...any) (config, error) {
+		return config{}, fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case cfg.ttl <= 0:
+		return bad("session TTL %v must be > 0", cfg.ttl)
+	case cfg.progress <= 0:
+		return bad("progress interval %v must be > 0", cfg.progress)
+	case cfg.maxAttempt < 0:
+		return bad("max attempt %v must be >= 0 (0: no cap)", cfg.maxAttempt)
+	case margin <= 0 || margin >= cfg.ttl:
+		return bad("fence margin %v must be > 0 and < session TTL %v", margin, cfg.ttl)
+	case keepAlive <= 0 || keepAlive+margin >= cfg.ttl:
+		return bad("keep-alive interval %v must be > 0 and leave room before the fence deadline: interval + fence margin %v must be < session TTL %v",
+			keepAlive, margin, cfg.ttl)
+	case cfg.clock == nil:
+		return bad("nil clock")
+	}
+	if cfg.log == nil {
+		cfg.log = zap.NewNop()
+	}
+	return cfg, nil
+}
+
+// fence returns the fence margin and keep-alive interval, defaults applied.
+func (c *config) fence() (margin, keepAlive time.Duration) {
+	margin, keepAlive = c.margin, c.keepAlive
+	if margin == 0 {
+		margin = c.ttl / 5
+	}
+	if keepAlive == 0 {
+		keepAlive = c.ttl / 3
+	}
+	return margin, keepAlive
 }
 
 // ID returns the node's current ID: 0 before the first registration; a new
@@ -258,7 +334,9 @@ func (n *Node) Run(ctx context.Context) error {
 
 // register opens a session and registers a new node ID on it.
 func (n *Node) register(ctx context.Context) (*incarnation, error) {
-	sess, err := session.New(ctx, n.b, session.WithTTL(n.cfg.ttl), session.WithClock(n.cfg.clock), session.WithLogger(n.log))
+	margin, keepAlive := n.cfg.fence()
+	sess, err := session.New(ctx, n.b, session.WithTTL(n.cfg.ttl), session.WithFenceMargin(margin),
+		session.WithKeepAliveInterval(keepAlive), session.WithClock(n.cfg.clock), session.WithLogger(n.log))
 	if err != nil {
 		return nil, err
 	}

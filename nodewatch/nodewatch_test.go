@@ -207,7 +207,7 @@ func TestStaleAck(t *testing.T) {
 func TestProgressHeartbeat(t *testing.T) {
 	e := newEnv(t)
 	g := newGate()
-	e.h.watch = g.watch
+	e.h.watch = g.progressing(e.clock)
 	id := e.start()
 	rev := e.assign(id, "slow")
 	g.waitStarted(t, "slow")
@@ -243,7 +243,7 @@ func TestProgressHeartbeat(t *testing.T) {
 func TestHeartbeatRejectedCancelsWatch(t *testing.T) {
 	e := newEnv(t)
 	g := newGate()
-	e.h.watch = g.watch
+	e.h.watch = g.progressing(e.clock)
 	id := e.start()
 	e.assign(id, "a")
 	g.waitStarted(t, "a")

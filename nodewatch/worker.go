@@ -102,7 +102,7 @@ func (inc *incarnation) work(c *channel) {
 
 func (inc *incarnation) handle(c *channel, e event) {
 	if e.kind == evShutdown {
-		inc.releaseLocal(c, "node session ended")
+		inc.releaseLocal(c, "node session ended", nil)
 		return
 	}
 	if inc.ctx.Err() != nil {
@@ -115,7 +115,7 @@ func (inc *incarnation) handle(c *channel, e event) {
 	log := inc.log.With(zap.String("channel", c.name), zap.Int64("revision", e.rev))
 	switch {
 	case e.kind == evDelete:
-		inc.releaseLocal(c, "assignment deleted")
+		inc.releaseLocal(c, "assignment deleted", nil)
 	case e.info.State == meta.ToWatch && e.info.AssignRevision != 0:
 		// The coordinator writes ToWatch with no token; one with a token is
 		// our own progress heartbeat coming back, never a new assignment.
@@ -133,7 +133,7 @@ func (inc *incarnation) handle(c *channel, e event) {
 // watch runs Handler.Watch for a ToWatch assignment and acknowledges it.
 func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 	if c.held {
-		if err := inc.releaseLocal(c, "reassigned"); err != nil {
+		if err := inc.releaseLocal(c, "reassigned", nil); err != nil {
 			// The handler still holds the channel from an earlier
 			// assignment: a Watch now would break the Handler contract.
 			// Report the failure; the coordinator places it elsewhere, and
@@ -178,9 +178,17 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		return
 	}
 	log.Info("watching channel")
-	err := inc.runWatch(actx, c, &info, &last, log)
+	hb := &heartbeat{c: c, info: &info, last: &last, lost: func() {
+		log.Info("assignment changed while watching; cancelling")
+		inc.mu.Lock()
+		if c.cancel != nil {
+			c.cancel()
+		}
+		inc.mu.Unlock()
+	}}
+	err := inc.runWatch(actx, c, hb, log)
 	if inc.ctx.Err() != nil {
-		inc.releaseLocal(c, "node session ended")
+		inc.releaseLocal(c, "node session ended", nil)
 		return
 	}
 	ack := info
@@ -190,12 +198,13 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		log.Warn("watch failed", zap.Error(err))
 		// Clean up first: the coordinator may move the channel as soon as
 		// it reads WatchFailure.
-		inc.releaseLocal(c, "watch failed")
+		inc.releaseLocal(c, "watch failed", &heartbeat{c: c, info: &info, last: &last})
+		ack = info
 		ack.State, ack.LastError, ack.FailedNode = meta.WatchFailure, meta.TruncateError(err.Error()), inc.id
 	}
 	if !inc.cas(c, last, ack, log) {
 		log.Info("watch acknowledgement rejected: the coordinator moved on; releasing")
-		inc.releaseLocal(c, "acknowledgement rejected")
+		inc.releaseLocal(c, "acknowledgement rejected", nil)
 		return
 	}
 	if err == nil {
@@ -234,51 +243,27 @@ func (inc *incarnation) stale(actx context.Context) bool {
 	}
 }
 
-// runWatch calls Handler.Watch and, every progress interval until it
-// returns, bumps Progress with a compare on the key's last known mod
-// revision. A failed compare means the coordinator rewrote the key: the
-// assignment's ctx is cancelled.
-func (inc *incarnation) runWatch(actx context.Context, c *channel, info *meta.ChannelInfo, last *int64, log *zap.Logger) error {
-	done := make(chan error, 1)
-	arg := *info
-	go func() {
-		done <- inc.call("Watch", c.name, func() error { return inc.n.h.Watch(actx, arg) })
-	}()
-	clock := inc.n.cfg.clock
-	t := clock.NewTimer(inc.n.cfg.progress)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case <-t.Chan():
-			if actx.Err() == nil {
-				p := *info
-				p.Progress++
-				switch ok, rev, err := inc.casOnce(actx, c.key, *last, p); {
-				case err != nil:
-					log.Info("progress heartbeat failed", zap.Error(err))
-				case !ok:
-					log.Info("assignment changed while watching; cancelling")
-					inc.mu.Lock()
-					if c.cancel != nil {
-						c.cancel()
-					}
-					inc.mu.Unlock()
-				default:
-					info.Progress, *last = p.Progress, rev
-					c.seen = max(c.seen, rev)
-				}
-			}
-			t.Reset(inc.n.cfg.progress)
-		}
+// runWatch calls Handler.Watch (see runCall). Its progress reports bump
+// Progress on the ToWatch key; a failed compare means the coordinator
+// rewrote the key, and the assignment's ctx is cancelled.
+func (inc *incarnation) runWatch(actx context.Context, c *channel, hb *heartbeat, log *zap.Logger) error {
+	arg := *hb.info
+	inc.mu.Lock()
+	cancel := c.cancel
+	inc.mu.Unlock()
+	if cancel == nil {
+		cancel = func() {}
 	}
+	return inc.runCall(actx, cancel, "Watch", c.name, func(ctx context.Context) error {
+		return inc.n.h.Watch(ctx, arg)
+	}, hb, log)
 }
 
 // release answers a ToRelease.
 func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
-	err := inc.releaseLocal(c, "coordinator asked")
-	ack := e.info
+	info, last := e.info, e.rev
+	err := inc.releaseLocal(c, "coordinator asked", &heartbeat{c: c, info: &info, last: &last})
+	ack := info
 	if err == nil {
 		// LastError stays: it is why the channel is being released (a
 		// failure the coordinator waits out its backoff for); only a
@@ -287,7 +272,7 @@ func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 	} else {
 		ack.State, ack.LastError = meta.ReleaseFailure, meta.TruncateError(err.Error())
 	}
-	if !inc.cas(c, e.rev, ack, log) {
+	if !inc.cas(c, last, ack, log) {
 		log.Info("release acknowledgement rejected: the coordinator moved on")
 		return
 	}
@@ -296,8 +281,8 @@ func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 
 // releaseLocal ends the current assignment: cancel its ctx, then Release
 // if Watch was called and Release has not succeeded since. It writes
-// nothing.
-func (inc *incarnation) releaseLocal(c *channel, why string) error {
+// nothing but the Release's progress heartbeats, to hb's key (nil: none).
+func (inc *incarnation) releaseLocal(c *channel, why string, hb *heartbeat) error {
 	inc.mu.Lock()
 	cancel, held := c.cancel, c.held
 	c.cancel = nil
@@ -308,7 +293,11 @@ func (inc *incarnation) releaseLocal(c *channel, why string) error {
 	if !held {
 		return nil
 	}
-	err := inc.call("Release", c.name, func() error { return inc.n.h.Release(inc.relCtx, c.name) })
+	rctx, rcancel := context.WithCancel(inc.relCtx)
+	defer rcancel()
+	err := inc.runCall(rctx, rcancel, "Release", c.name, func(ctx context.Context) error {
+		return inc.n.h.Release(ctx, c.name)
+	}, hb, inc.log.With(zap.String("channel", c.name)))
 	inc.mu.Lock()
 	c.watched = false
 	c.held = err != nil // a failed Release is retried before the next Watch

@@ -44,6 +44,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"register", "--endpoints", "http://127.0.0.1:2379", "bad/name"},
 		{"status"}, // no --endpoints
 		{"coord", "--endpoints", "http://127.0.0.1:2379", "--log-format", "xml"},
+		{"node", "--endpoints", "http://127.0.0.1:1", "--http", "", "--session-ttl", "10s", "--fence-margin", "10s"},
+		{"node", "--endpoints", "http://127.0.0.1:1", "--http", "", "--session-ttl", "10s", "--fence-margin", "6s", "--keep-alive-interval", "4s"},
+		{"node", "--endpoints", "http://127.0.0.1:1", "--http", "", "--max-attempt", "-1s"},
 	} {
 		code, _, errOut := runCLI(t, args...)
 		if code != 2 {

@@ -37,13 +37,23 @@ func (h *logHandler) Watch(ctx context.Context, info meta.ChannelInfo) error {
 	fields := []zap.Field{zap.String("channel", info.Name), zap.Int64("node", h.node()), zap.Int64("assign_rev", info.AssignRevision)}
 	h.lg.Info("watch start", fields...)
 	if h.delay > 0 {
+		// A slow Watch that is not stuck says so, once a second: without
+		// progress reports the coordinator's watch timeout takes it back.
 		t := time.NewTimer(h.delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			h.lg.Info("watch cancelled", fields...)
-			return ctx.Err()
+		defer t.Stop()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+	wait:
+		for {
+			select {
+			case <-t.C:
+				break wait
+			case <-tick.C:
+				nodewatch.ReportProgress(ctx)
+			case <-ctx.Done():
+				h.lg.Info("watch cancelled", fields...)
+				return ctx.Err()
+			}
 		}
 	}
 	h.mu.Lock()
@@ -78,6 +88,9 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 	var (
 		httpAddr, addr string
 		ttl, delay, hb time.Duration
+		fenceMargin    time.Duration
+		keepAlive      time.Duration
+		maxAttempt     time.Duration
 		failRate       float64
 		drainTimeout   time.Duration
 	)
@@ -99,6 +112,15 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 			if delay < 0 {
 				return usagef("--watch-delay must be >= 0, got %v", delay)
 			}
+			opts := []nodewatch.Option{nodewatch.WithLogger(lg), nodewatch.WithSessionTTL(ttl), nodewatch.WithAddr(addr),
+				nodewatch.WithFenceMargin(fenceMargin), nodewatch.WithKeepAliveInterval(keepAlive),
+				nodewatch.WithMaxAttempt(maxAttempt)}
+			if hb > 0 {
+				opts = append(opts, nodewatch.WithProgressInterval(hb))
+			}
+			if err := nodewatch.ValidateOptions(opts...); err != nil {
+				return usagef("%v", err)
+			}
 			ctx := cmd.Context()
 			b, reg, closeB, err := g.connectInstrumented(ctx, lg)
 			if err != nil {
@@ -113,10 +135,6 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 				latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chanwatch_node_handler_seconds", Help: "Handler latency by call."}, []string{"call"}),
 			}
 			reg.MustRegister(h.watches, h.fails, h.latency)
-			opts := []nodewatch.Option{nodewatch.WithLogger(lg), nodewatch.WithSessionTTL(ttl), nodewatch.WithAddr(addr)}
-			if hb > 0 {
-				opts = append(opts, nodewatch.WithProgressInterval(hb))
-			}
 			node, err := nodewatch.New(b, h, opts...)
 			if err != nil {
 				return usagef("%v", err)
@@ -163,7 +181,10 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 	f.StringVar(&httpAddr, "http", "127.0.0.1:0", "address for /metrics, /healthz, /readyz, /debug/pprof (empty: none)")
 	f.StringVar(&addr, "addr", "", "address this node advertises in its session")
 	f.DurationVar(&ttl, "session-ttl", nodewatch.DefaultSessionTTL, "node session lease TTL")
-	f.DurationVar(&hb, "progress-interval", 0, "progress heartbeat while a Watch runs (default: nodewatch's)")
+	f.DurationVar(&hb, "progress-interval", 0, "least time between two progress heartbeats of a channel whose handler reports progress (default: nodewatch's)")
+	f.DurationVar(&fenceMargin, "fence-margin", 0, "fence this long before the lease can expire: the time Releases get on session loss (default: session TTL/5)")
+	f.DurationVar(&keepAlive, "keep-alive-interval", 0, "renew the session lease this often; interval + fence margin < session TTL (default: session TTL/3)")
+	f.DurationVar(&maxAttempt, "max-attempt", nodewatch.DefaultMaxAttempt, "give up one Watch or Release after this long, progress or not (0: no cap)")
 	f.DurationVar(&delay, "watch-delay", 0, "simulate a slow Watch taking this long")
 	f.Float64Var(&failRate, "fail-rate", 0, "simulate failing Watches with this probability")
 	f.DurationVar(&drainTimeout, "drain-timeout", 5*time.Minute, "give up a graceful drain after this long")
