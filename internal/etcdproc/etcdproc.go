@@ -1,6 +1,7 @@
 package etcdproc
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -463,8 +464,45 @@ func (c *Cluster) Terminate(i int, timeout time.Duration) error {
 func (c *Cluster) Stop(i int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, err := c.signal(i, syscall.SIGSTOP)
-	return err
+	p, err := c.signal(i, syscall.SIGSTOP)
+	if err != nil {
+		return err
+	}
+	// The stop takes effect asynchronously (every thread must reach it):
+	// return once the kernel reports the process stopped, so that nothing
+	// it answers afterwards was served after Stop returned.
+	waitStopped(p.cmd.Process.Pid, 5*time.Second)
+	return nil
+}
+
+// waitStopped polls /proc/<pid>/task/*/stat until every thread's state is
+// "T" (stopped) or d passes; where /proc does not exist it returns at once.
+func waitStopped(pid int, d time.Duration) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			return
+		}
+		stopped := true
+		for _, t := range tasks {
+			b, err := os.ReadFile(dir + "/" + t.Name() + "/stat")
+			if err != nil {
+				continue // the thread exited
+			}
+			// The state follows the command name, which is in parentheses.
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		t := time.NewTimer(time.Millisecond)
+		<-t.C
+	}
 }
 
 // Cont resumes a member frozen by Stop (SIGCONT). Sending it to a running
