@@ -17,8 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/chanwatch/chanwatch/audit"
 	"github.com/chanwatch/chanwatch/channelmgr"
-	"github.com/chanwatch/chanwatch/conformance"
 	"github.com/chanwatch/chanwatch/internal/etcdembed"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
@@ -218,8 +218,8 @@ type demo struct {
 	tty     bool
 	lg      *zap.Logger
 	store   *demoStore
-	rec     *conformance.Recorder
-	checker *conformance.Checker
+	rec     *audit.Recorder
+	checker *audit.Checker
 	nodes   []*demoNode
 	phases  []demoPhase
 	ctx     context.Context
@@ -252,12 +252,12 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 	// The checker watches the store from its own handle and checks the
 	// invariants on every event; the recorder checks that no channel runs
 	// on two nodes at once.
-	d.rec = conformance.NewRecorder(nil, 0)
+	d.rec = audit.NewRecorder(nil, 0)
 	cb, err := st.open()
 	if err != nil {
 		return err
 	}
-	d.checker = conformance.NewChecker(cb, d.rec)
+	d.checker = audit.NewChecker(cb, d.rec)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = d.checker.Run(ctx) }()
 
