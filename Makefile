@@ -51,7 +51,7 @@ chaos: bin/etcd
 # The benchmarks of docs/BENCHMARKS.md; flags via BENCHFLAGS, e.g.
 # make bench BENCHFLAGS='--quick --json /tmp/b.json'.
 bench: bin/etcd
-	$(GO) run ./cmd/chanwatch bench $(BENCHFLAGS)
+	$(GO) run -tags raft ./cmd/chanwatch bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin
