@@ -3,15 +3,16 @@ PKGS := ./...
 # Extra flags for go test, e.g. make test TESTFLAGS='-run TestKV -v'.
 TESTFLAGS ?=
 
-.PHONY: all build test test-load fmt-check vet lint etcd bench chaos clean
+.PHONY: all build test test-load fmt-check vet lint promtool-test etcd bench chaos clean
 
 all: build
 
 build:
 	$(GO) build $(PKGS)
 
-# The README's test command: format check, vet, race-enabled tests.
-test: fmt-check vet
+# The README's test command: format check, vet, the alert rules' unit
+# tests, race-enabled tests.
+test: fmt-check vet promtool-test
 	$(GO) test -race -count=1 -timeout 9m $(TESTFLAGS) $(PKGS)
 
 # make test on a loaded machine: two busy loops (yes >/dev/null) share the
@@ -34,6 +35,13 @@ vet:
 
 lint: fmt-check vet
 
+# The Prometheus rules of deploy/prometheus, checked and unit-tested by
+# promtool (Debian: apt-get install prometheus; .ci/run installs it).
+promtool-test:
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install -y prometheus"; exit 1; }
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
+
 # A real etcd binary built from our own module graph, for tests that run
 # etcd as separate processes.
 etcd: bin/etcd
@@ -51,7 +59,7 @@ chaos: bin/etcd
 # The benchmarks of docs/BENCHMARKS.md; flags via BENCHFLAGS, e.g.
 # make bench BENCHFLAGS='--quick --json /tmp/b.json'.
 bench: bin/etcd
-	$(GO) run ./cmd/chanwatch bench $(BENCHFLAGS)
+	$(GO) run -tags raft ./cmd/chanwatch bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

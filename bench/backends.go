@@ -2,17 +2,19 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/chanwatch/chanwatch/internal/etcdproc"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
 	"github.com/chanwatch/chanwatch/kv/memkv"
-	"github.com/chanwatch/chanwatch/kv/raftkv"
 )
 
 // txnLoad runs txns compare-and-swap puts (the shape of a node's ack: If
@@ -149,21 +151,25 @@ func b4Etcd(ctx context.Context, e *Env, dir string, txns, clients int) (time.Du
 	return took, writes, nil
 }
 
+// StartRaft starts B4's 3-node raftkv cluster in dir, waits for its leader
+// and returns a client of node i%3 for each call of client, and a close.
+// It is set by whoever links the raft backend (the CLI built with -tags
+// raft, this package's tests): hashicorp/raft links package testing, which
+// the default CLI binary must not. Without it B4 fails and says so.
+var StartRaft func(ctx context.Context, dir string, noFsync bool, lg *zap.Logger) (client func(i int) kv.Backend, close func() error, err error)
+
 func b4Raft(ctx context.Context, e *Env, dir string, txns, clients int) (time.Duration, int64, error) {
-	c, err := raftkv.StartCluster(dir, 3, raftkv.WithUnsafeNoFsync(e.opts.UnsafeNoFsync), raftkv.WithLogger(e.opts.Logger))
+	if StartRaft == nil {
+		return 0, 0, errors.New("bench: B4 needs the raftkv backend, which this binary was built without: build with -tags raft (make bench does)")
+	}
+	client, closeFn, err := StartRaft(ctx, dir, e.opts.UnsafeNoFsync, e.opts.Logger)
 	if err != nil {
 		return 0, 0, fmt.Errorf("bench: B4: raftkv: %w", err)
 	}
-	defer c.Close()
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = c.WaitLeader(wctx)
-	cancel()
-	if err != nil {
-		return 0, 0, fmt.Errorf("bench: B4: raftkv leader: %w", err)
-	}
+	defer closeFn()
 	bs := make([]kv.Backend, clients)
 	for i := range bs {
-		cl := c.Node(i % c.Len()).Client()
+		cl := client(i)
 		defer cl.Close()
 		bs[i] = cl
 	}

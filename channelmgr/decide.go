@@ -59,6 +59,7 @@ func (p *plan) add(u *unit) {
 // pass makes one round of decisions on the view and carries them out.
 func (r *reconciler) pass(ctx context.Context) error {
 	now := r.clock.Now()
+	defer func(start time.Time) { r.c.m.pass.Observe(time.Since(start).Seconds()) }(time.Now())
 	if err := r.resend(ctx, now); err != nil {
 		return err
 	}

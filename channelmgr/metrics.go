@@ -4,7 +4,27 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chanwatch/chanwatch/meta"
 )
+
+// The known values of the labelled metrics' labels. Each series exists
+// from start, at zero, so an alert can match it (rate() of a series that
+// appears with its first increment misses that increment).
+var (
+	moveReasons     = []string{"balance", "drain", "watch_timeout", "watch_failure", "deregistered", "duplicate", "corrupt"}
+	timeoutKinds    = []string{"watch", "release"}
+	txnResults      = []string{"ok", "conflict", "too_large", "error"}
+	corruptPrefixes = []string{"registry", "session", "channel", "control"}
+)
+
+func channelStates() []string {
+	out := []string{"remaining", "unassigned"}
+	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
+		out = append(out, s.String())
+	}
+	return out
+}
 
 // metrics are the coordinator's Prometheus metrics. With no Registerer they
 // are still created (and updated) but never exported, so the code has no
@@ -25,6 +45,8 @@ type metrics struct {
 	// quarantines counts the times a node was put there.
 	quarantined prometheus.Gauge
 	quarantines prometheus.Counter
+	// pass is the duration of one round of decisions of the leader.
+	pass prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		tooLarge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels_too_large",
 			Help: "Channels whose next write does not fit in one txn of the backend (MaxTxnBytes, MaxTxnOps): held, not sent; the log names them."}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "moves_started_total",
-			Help: "Channels the leader started to take off a node, by reason (balance, drain, watch_timeout, watch_failure, deregister, dead_node)."},
+			Help: "Channels the leader started to take off a node, by reason (balance, drain, watch_timeout, watch_failure, deregistered, duplicate, corrupt)."},
 			[]string{"reason"}),
 		placed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "placements_total",
 			Help: "ToWatch assignments written (new channels, moves finished, failover)."}),
@@ -51,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Write txns by result (ok, conflict: a compare failed, too_large: refused for its size and split, error: no answer)."},
 			[]string{"result"}),
 		corrupt: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "corrupt_keys_total",
-			Help: "Keys skipped because the key or its value does not parse, by prefix (registry, session, channel)."},
+			Help: "Keys skipped because the key or its value does not parse, by prefix (registry, session, channel, control)."},
 			[]string{"prefix"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "is_leader",
 			Help: "1 while this coordinator leads."}),
@@ -61,13 +83,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Live nodes the leader keeps work off because they keep failing (quarantined, or probing with one channel)."}),
 		quarantines: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quarantines_total",
 			Help: "Times a node was quarantined (repeated Watch failures or timeouts, a failed Release, a failed probe)."}),
+		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "pass_duration_seconds",
+			Help:    "Time the leader took for one round of decisions: deciding on its view and writing them (txns included).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+	}
+	for _, v := range channelStates() {
+		m.channels.WithLabelValues(v)
+	}
+	for _, v := range moveReasons {
+		m.moves.WithLabelValues(v)
+	}
+	for _, v := range timeoutKinds {
+		m.timeouts.WithLabelValues(v)
+	}
+	for _, v := range txnResults {
+		m.txns.WithLabelValues(v)
+	}
+	for _, v := range corruptPrefixes {
+		m.corrupt.WithLabelValues(v)
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
-		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines} {
+		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -752,7 +752,7 @@ func (m *mep) checkRunning() {
 			continue
 		}
 		if now.Sub(since) > mepNowhereTTLs*m.tm.nodeTTL {
-			m.chk.report("channel %s: registered and Watched on node %d (%s, healthy) since %v, but running nowhere",
+			m.chk.Report("channel %s: registered and Watched on node %d (%s, healthy) since %v, but running nowhere",
 				ch, a.NodeID, p.name, now.Sub(since))
 			m.nowhere[ch] = now // report once per span
 		}
@@ -848,13 +848,7 @@ func (m *mep) requireStable(d time.Duration, why string) {
 }
 
 func (m *mep) historyLen() int {
-	m.chk.mu.Lock()
-	defer m.chk.mu.Unlock()
-	n := 0
-	for _, h := range m.chk.history {
-		n += len(h)
-	}
-	return n
+	return m.chk.HistoryLen()
 }
 
 // toWatchPuts counts the ToWatch puts of ch after revision since.
@@ -885,18 +879,7 @@ func (m *mep) movesSince(since int64, chs []string) int {
 func (m *mep) shutdown() {
 	ctx, cancel := cleanupContext()
 	defer cancel()
-	m.chk.mu.Lock()
-	var leases []kv.LeaseID
-	for _, ns := range m.chk.nodes {
-		if ns.deleted == 0 && ns.lease != kv.NoLease {
-			leases = append(leases, ns.lease)
-		}
-	}
-	if c, ok := m.chk.kvs[meta.CoordinatorKey]; ok && c.Lease != kv.NoLease {
-		leases = append(leases, c.Lease)
-	}
-	m.chk.mu.Unlock()
-	for _, l := range leases {
+	for _, l := range m.chk.LiveLeases() {
 		_ = m.b.Revoke(ctx, l)
 	}
 	m.stopChecker()

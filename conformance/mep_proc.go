@@ -334,10 +334,10 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 			return true // a candidate clearing a corrupt leader key nobody repaired
 		}
 		if !guarded {
-			p.chk.report("fencing: coordinator %s wrote %s at revision %d without its leadership guard", p.name, opKeys(writes), resp.Revision)
+			p.chk.Report("fencing: coordinator %s wrote %s at revision %d without its leadership guard", p.name, opKeys(writes), resp.Revision)
 			return true
 		}
-		p.chk.noteCoordWrite(p.name, token, resp.Revision)
+		p.chk.NoteCoordWrite(p.name, token, resp.Revision)
 	case roleNode:
 		for _, o := range writes {
 			if id, err := meta.ParseNodeSessionKey(o.Key); err == nil && o.Type == kv.OpTypePut && resp.Succeeded {
@@ -354,7 +354,7 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 			own := err == nil && p.nodeIDs[id]
 			p.mu.Unlock()
 			if !own {
-				p.chk.report("node %s wrote %s (%v) at revision %d: not under the prefix of a node ID it registered", p.name, o.Key, o.Type, resp.Revision)
+				p.chk.Report("node %s wrote %s (%v) at revision %d: not under the prefix of a node ID it registered", p.name, o.Key, o.Type, resp.Revision)
 				continue
 			}
 			cas := false
@@ -364,7 +364,7 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 				}
 			}
 			if !cas || !resp.Succeeded {
-				p.chk.report("node %s wrote %s at revision %d without a compare-and-swap on its mod revision", p.name, o.Key, resp.Revision)
+				p.chk.Report("node %s wrote %s at revision %d without a compare-and-swap on its mod revision", p.name, o.Key, resp.Revision)
 			}
 		}
 	}

@@ -17,13 +17,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/chanwatch/chanwatch/audit"
+	"github.com/chanwatch/chanwatch/bench"
 	"github.com/chanwatch/chanwatch/channelmgr"
-	"github.com/chanwatch/chanwatch/conformance"
 	"github.com/chanwatch/chanwatch/internal/etcdembed"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
 	"github.com/chanwatch/chanwatch/kv/memkv"
-	"github.com/chanwatch/chanwatch/kv/raftkv"
 	"github.com/chanwatch/chanwatch/meta"
 	"github.com/chanwatch/chanwatch/nodewatch"
 )
@@ -55,6 +55,8 @@ func newDemoCmd(g *globalFlags) *cobra.Command {
 			switch {
 			case cfg.backend != "etcd" && cfg.backend != "mem" && cfg.backend != "raft":
 				return usagef("--backend %q: want etcd, mem or raft", cfg.backend)
+			case cfg.backend == "raft" && bench.StartRaft == nil:
+				return usagef("--backend raft: this binary was built without the raft backend (hashicorp/raft links package testing); build with -tags raft")
 			case cfg.nodes < 2:
 				return usagef("--nodes must be >= 2 (one is crashed and one drained), got %d", cfg.nodes)
 			case cfg.failing < 0:
@@ -108,7 +110,7 @@ func openDemoStore(g *globalFlags, cfg demoConfig, lg *zap.Logger) (*demoStore, 
 		if err != nil {
 			return nil, err
 		}
-		c, err := raftkv.StartCluster(dir, 3, raftkv.WithLogger(lg), raftkv.WithUnsafeNoFsync(true))
+		client, closeFn, err := bench.StartRaft(context.Background(), dir, true, lg)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("start raft cluster: %w", err)
@@ -121,9 +123,9 @@ func openDemoStore(g *globalFlags, cfg demoConfig, lg *zap.Logger) (*demoStore, 
 				mu.Lock()
 				defer mu.Unlock()
 				next++
-				return c.Node(next % c.Len()).Client(), nil
+				return client(next), nil
 			},
-			cleanup: func() { c.Close(); os.RemoveAll(dir) },
+			cleanup: func() { closeFn(); os.RemoveAll(dir) },
 		}, nil
 	}
 	// etcd: external, or embedded in a temp dir.
@@ -218,8 +220,8 @@ type demo struct {
 	tty     bool
 	lg      *zap.Logger
 	store   *demoStore
-	rec     *conformance.Recorder
-	checker *conformance.Checker
+	rec     *audit.Recorder
+	checker *audit.Checker
 	nodes   []*demoNode
 	phases  []demoPhase
 	ctx     context.Context
@@ -252,12 +254,12 @@ func runDemo(ctx context.Context, g *globalFlags, cfg demoConfig, out io.Writer,
 	// The checker watches the store from its own handle and checks the
 	// invariants on every event; the recorder checks that no channel runs
 	// on two nodes at once.
-	d.rec = conformance.NewRecorder(nil, 0)
+	d.rec = audit.NewRecorder(nil, 0)
 	cb, err := st.open()
 	if err != nil {
 		return err
 	}
-	d.checker = conformance.NewChecker(cb, d.rec)
+	d.checker = audit.NewChecker(cb, d.rec)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = d.checker.Run(ctx) }()
 

@@ -64,6 +64,7 @@ func newRootCmd() *cobra.Command {
 		newCoordCmd(g),
 		newNodeCmd(g),
 		newStatusCmd(g),
+		newCheckCmd(g),
 		newRegisterCmd(g),
 		newDeregisterCmd(g),
 		newDrainCmd(g),

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -280,10 +279,19 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// TB is the part of testing.TB that NewForTest uses. It is an interface of
+// its own so that binaries importing this package do not link testing.
+type TB interface {
+	Helper()
+	TempDir() string
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // NewForTest starts a server in t.TempDir() with fast timers (1s minimum
 // lease TTL) and fsync off, closes it when the test ends, and fails the test
 // if it cannot start. opts are applied after those defaults.
-func NewForTest(t testing.TB, opts ...Option) *Server {
+func NewForTest(t TB, opts ...Option) *Server {
 	t.Helper()
 	all := append([]Option{WithFastTimers(), WithUnsafeNoFsync(true)}, opts...)
 	s, err := Start(t.TempDir(), all...)

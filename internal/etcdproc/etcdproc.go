@@ -19,7 +19,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -681,11 +680,20 @@ func (c *Cluster) Close() error {
 	return nil
 }
 
+// TB is the part of testing.TB that NewForTest uses. It is an interface of
+// its own so that binaries importing this package do not link testing.
+type TB interface {
+	Helper()
+	TempDir() string
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // NewForTest starts an n-member cluster in t.TempDir() with fast timers and
 // fsync off, closes it when the test ends, and fails the test if it cannot
 // start (including when no binary can be found or built). opts apply after
 // those defaults.
-func NewForTest(t testing.TB, n int, opts ...Option) *Cluster {
+func NewForTest(t TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	all := append([]Option{WithFastTimers(), WithUnsafeNoFsync(true)}, opts...)
 	c, err := Start(t.TempDir(), n, all...)

@@ -39,6 +39,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Watch events delivered.",
 		}),
 	}
+	// Every op and error kind exists from start, at zero, so alerts and
+	// dashboards can match it before the first error.
+	for _, op := range ops {
+		m.latency.WithLabelValues(op)
+		m.errs.WithLabelValues(op, "other")
+		for _, k := range errorKinds {
+			m.errs.WithLabelValues(op, k.name)
+		}
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.latency, m.errs, m.events} {
 			if err := reg.Register(c); err != nil {
@@ -66,21 +75,27 @@ func (s *backend) observe(op string, start time.Time, err error) {
 
 // errorKind names the kv sentinel an error wraps, for a bounded label set.
 func errorKind(err error) string {
-	for _, k := range []struct {
-		err  error
-		name string
-	}{
-		{kv.ErrKeyNotFound, "not_found"}, {kv.ErrCompacted, "compacted"}, {kv.ErrTxnTooLarge, "txn_too_large"},
-		{kv.ErrInvalidTxn, "invalid_txn"}, {kv.ErrLeaseNotFound, "lease_not_found"}, {kv.ErrUnknownOutcome, "unknown_outcome"},
-		{kv.ErrUnavailable, "unavailable"}, {kv.ErrClosed, "closed"}, {kv.ErrPermissionDenied, "permission_denied"},
-		{context.Canceled, "canceled"}, {context.DeadlineExceeded, "deadline"},
-	} {
+	for _, k := range errorKinds {
 		if errors.Is(err, k.err) {
 			return k.name
 		}
 	}
 	return "other"
 }
+
+// errorKinds are the kind label's values, "other" aside.
+var errorKinds = []struct {
+	err  error
+	name string
+}{
+	{kv.ErrKeyNotFound, "not_found"}, {kv.ErrCompacted, "compacted"}, {kv.ErrTxnTooLarge, "txn_too_large"},
+	{kv.ErrInvalidTxn, "invalid_txn"}, {kv.ErrLeaseNotFound, "lease_not_found"}, {kv.ErrUnknownOutcome, "unknown_outcome"},
+	{kv.ErrUnavailable, "unavailable"}, {kv.ErrClosed, "closed"}, {kv.ErrPermissionDenied, "permission_denied"},
+	{context.Canceled, "canceled"}, {context.DeadlineExceeded, "deadline"},
+}
+
+// ops are the op label's values.
+var ops = []string{"get", "list", "txn", "watch", "grant", "keepalive", "revoke", "ttl", "compact"}
 
 func (s *backend) Get(ctx context.Context, key string) (kv.KeyValue, int64, error) {
 	start := time.Now()

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/chanwatch/chanwatch/kv"
 )
 
 // Cluster is a set of nodes on loopback, each with its own directory under
@@ -169,4 +171,22 @@ func (c *Cluster) Close() error {
 		errs = append(errs, n.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// StartClients starts an n-node cluster in dir, waits for its leader, and
+// returns a client of node i%n for each call of client, and the cluster's
+// Close: the shape the benchmarks and the demo take a store in.
+func StartClients(ctx context.Context, dir string, n int, opts ...Option) (client func(i int) kv.Backend, close func() error, err error) {
+	c, err := StartCluster(dir, n, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = c.WaitLeader(wctx)
+	cancel()
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("raftkv: leader: %w", err)
+	}
+	return func(i int) kv.Backend { return c.Node(i % c.Len()).Client() }, c.Close, nil
 }

@@ -1,4 +1,4 @@
-package conformance
+package audit
 
 import (
 	"context"
@@ -445,10 +445,10 @@ func (r *Recorder) Dump(channels ...string) string {
 }
 
 // errCrashed is what a crashed process's handler returns.
-var errCrashed = errors.New("conformance: process crashed")
+var errCrashed = errors.New("audit: process crashed")
 
 // ErrInjected is the error the scripted handler failures return.
-var ErrInjected = errors.New("conformance: injected handler failure")
+var ErrInjected = errors.New("audit: injected handler failure")
 
 // script is the scripted behaviour of one channel (or of every channel).
 type script struct {
@@ -669,7 +669,7 @@ func (h *RecordingHandler) Watch(ctx context.Context, info meta.ChannelInfo) (er
 	h.mu.Unlock()
 	switch {
 	case s.panicWatch:
-		panic(fmt.Sprintf("conformance: scripted panic in Watch(%s)", info.Name))
+		panic(fmt.Sprintf("audit: scripted panic in Watch(%s)", info.Name))
 	case s.failWatch != 0:
 		return fmt.Errorf("%w: Watch(%s)", ErrInjected, info.Name)
 	case s.blockWatch != nil:
@@ -706,7 +706,7 @@ func (h *RecordingHandler) Release(ctx context.Context, ch string) (err error) {
 	h.mu.Unlock()
 	switch {
 	case s.panicRelease:
-		panic(fmt.Sprintf("conformance: scripted panic in Release(%s)", ch))
+		panic(fmt.Sprintf("audit: scripted panic in Release(%s)", ch))
 	case s.stuckRelease != nil:
 		h.rec.markStuck(h.node, ch)
 		<-s.stuckRelease

@@ -1,4 +1,4 @@
-package conformance
+package audit
 
 import (
 	"context"
@@ -378,9 +378,9 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// noteCoordWrite records a successful write by coordinator coord guarded by
+// NoteCoordWrite records a successful write by coordinator coord guarded by
 // token at revision rev; it is checked once the Checker has reached rev.
-func (c *Checker) noteCoordWrite(coord string, token, rev int64) {
+func (c *Checker) NoteCoordWrite(coord string, token, rev int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pending = append(c.pending, pendingWrite{coord: coord, token: token, rev: rev})
@@ -558,8 +558,8 @@ func (c *Checker) NodeTTL(id int64) time.Duration {
 	return 0
 }
 
-// report records a violation found outside the Checker (by a process handle).
-func (c *Checker) report(format string, args ...any) {
+// Report records a violation found outside the Checker (by a process handle).
+func (c *Checker) Report(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.violate(format, args...)
@@ -605,4 +605,36 @@ func (c *Checker) TermOf(id string) int64 {
 		}
 	}
 	return 0
+}
+
+// Recorder returns the Recorder the Checker reports session ends to (nil
+// if none).
+func (c *Checker) Recorder() *Recorder { return c.rec }
+
+// HistoryLen counts every change to an assignment key the Checker has seen.
+func (c *Checker) HistoryLen() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, h := range c.history {
+		n += len(h)
+	}
+	return n
+}
+
+// LiveLeases returns the leases of the live node sessions and of the
+// leader key, as last seen (a test revokes them when it ends).
+func (c *Checker) LiveLeases() []kv.LeaseID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var leases []kv.LeaseID
+	for _, ns := range c.nodes {
+		if ns.deleted == 0 && ns.lease != kv.NoLease {
+			leases = append(leases, ns.lease)
+		}
+	}
+	if kvv, ok := c.kvs[meta.CoordinatorKey]; ok && kvv.Lease != kv.NoLease {
+		leases = append(leases, kvv.Lease)
+	}
+	return leases
 }
