@@ -618,9 +618,9 @@ func (m *mep) leaderCoord() *mepCoord {
 func (m *mep) register(coll int64, names ...string) {
 	m.t.Helper()
 	for _, n := range names {
-		if err := channelmgr.Register(m.ctx, m.b, meta.ChannelSpec{Name: n, CollectionID: coll}); err != nil {
-			m.t.Fatalf("Register(%s): %v", n, err)
-		}
+		m.idempotent("Register("+n+")", channelmgr.ErrAlreadyRegistered, func() error {
+			return channelmgr.Register(m.ctx, m.b, meta.ChannelSpec{Name: n, CollectionID: coll})
+		})
 	}
 	m.sync()
 }
@@ -629,11 +629,41 @@ func (m *mep) register(coll int64, names ...string) {
 func (m *mep) deregister(names ...string) {
 	m.t.Helper()
 	for _, n := range names {
-		if err := channelmgr.Deregister(m.ctx, m.b, n); err != nil {
-			m.t.Fatalf("Deregister(%s): %v", n, err)
-		}
+		m.idempotent("Deregister("+n+")", channelmgr.ErrNotRegistered, func() error {
+			return channelmgr.Deregister(m.ctx, m.b, n)
+		})
 	}
 	m.sync()
+}
+
+// idempotent runs one of the suite's own writes, retrying what a store
+// under load may answer (an unknown outcome after a raft leader change, no
+// leader for a moment) until it succeeds or the scenario's context ends; an
+// error wrapping done after an unknown outcome means the earlier attempt
+// landed.
+func (m *mep) idempotent(what string, done error, f func() error) {
+	m.t.Helper()
+	unknown := false
+	for {
+		err := f()
+		switch {
+		case err == nil:
+			return
+		case unknown && errors.Is(err, done):
+			return
+		case (errors.Is(err, kv.ErrUnknownOutcome) || errors.Is(err, kv.ErrUnavailable)) && m.ctx.Err() == nil:
+			unknown = unknown || errors.Is(err, kv.ErrUnknownOutcome)
+			m.t.Logf("%s: %v; retrying", what, err)
+			t := time.NewTimer(50 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-m.ctx.Done():
+				t.Stop()
+			}
+		default:
+			m.t.Fatalf("%s: %v", what, err)
+		}
+	}
 }
 
 // names returns n channel names prefix-000 ... .
