@@ -20,12 +20,12 @@ func (m *mep) healthCoord() *mepCoord {
 }
 
 // toWatchOnNode counts the new attempts (ToWatch puts) written under node
-// id's prefix after revision since, over every registered channel.
-func (m *mep) toWatchOnNode(id, since int64) int {
+// id's prefix in revisions (since, until], over every registered channel.
+func (m *mep) toWatchOnNode(id, since, until int64) int {
 	n := 0
 	for ch := range m.chk.View().Registered {
 		for _, kc := range m.chk.History(ch) {
-			if kc.Rev > since && kc.NodeID == id && kc.Type == kv.EventPut && kc.Info.State == meta.ToWatch && kc.Info.Progress == 0 {
+			if kc.Rev > since && kc.Rev <= until && kc.NodeID == id && kc.Type == kv.EventPut && kc.Info.State == meta.ToWatch && kc.Info.Progress == 0 {
 				n++
 			}
 		}
@@ -57,11 +57,12 @@ func mepFailingNodeQuarantined(t *testing.T, m *mep) {
 	since := m.storeRev()
 	bad := m.startNode(withScript(func(h *RecordingHandler) { h.FailWatch("", -1) }))
 	m.elapse(m.healthWindow())
+	until := m.storeRev() // the bound is for the window, not the settle after it
 	m.settle()
 	if n := m.counts()[bad.ID()]; n != 0 {
 		m.fatalf("%d channels Watched on the failing node", n)
 	}
-	moves := m.toWatchOnNode(bad.ID(), since)
+	moves := m.toWatchOnNode(bad.ID(), since, until)
 	t.Logf("channels sent to the failing node in %v: %d (bound %d)", m.healthWindow(), moves, maxProbeMoves)
 	if moves > maxProbeMoves {
 		m.fatalf("%d channels sent to a node that fails every Watch, want at most %d", moves, maxProbeMoves)
@@ -95,9 +96,10 @@ func mepTwoFailingNodes(t *testing.T, m *mep) {
 	since := m.storeRev()
 	late := m.startNode(fail)
 	m.elapse(m.healthWindow())
+	until := m.storeRev()
 	m.settle()
 	for _, bad := range []*mepNode{early, late} {
-		moves := m.toWatchOnNode(bad.ID(), since)
+		moves := m.toWatchOnNode(bad.ID(), since, until)
 		t.Logf("channels sent to failing node %d in %v: %d (bound %d)", bad.ID(), m.healthWindow(), moves, maxProbeMoves)
 		if moves > maxProbeMoves {
 			m.fatalf("%d channels sent to failing node %d, want at most %d", moves, bad.ID(), maxProbeMoves)
