@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -36,8 +37,13 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "chanwatch: "+oneLine(err))
 	var ue *usageError
+	if strings.HasPrefix(err.Error(), "unknown command") {
+		// cobra's own usage error, with its "did you mean" on later lines.
+		fmt.Fprintln(stderr, "chanwatch: "+strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "Did you mean this?", "did you mean:")), " "))
+		return 2
+	}
+	fmt.Fprintln(stderr, "chanwatch: "+oneLine(err))
 	if errors.As(err, &ue) {
 		return 2
 	}

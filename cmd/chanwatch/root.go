@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"regexp"
+	"runtime/debug"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -39,12 +42,19 @@ type globalFlags struct {
 func newRootCmd() *cobra.Command {
 	g := &globalFlags{}
 	root := &cobra.Command{
-		Use:           "chanwatch",
-		Short:         "Channel ownership for Milvus-style clusters through etcd (MEP 7)",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "chanwatch",
+		Short: "Channel ownership for Milvus-style clusters through etcd (MEP 7)",
+		Long: "Channel ownership for Milvus-style clusters through etcd (MEP 7).\n\n" +
+			"Every global flag can also come from the environment: CHANWATCH_ and the flag name in\n" +
+			"upper case with '-' as '_' (CHANWATCH_ENDPOINTS, CHANWATCH_ROOT, CHANWATCH_CACERT, ...).\n" +
+			"A flag on the command line wins over the environment.",
+		Version:           versionString(),
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Root().PersistentFlags()) },
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	root.SetVersionTemplate("chanwatch {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{flagError(err)} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.endpoints, "endpoints", "", "comma-separated etcd client URLs, e.g. http://127.0.0.1:2379")
 	pf.StringVar(&g.root, "root", "chanwatch", "root path of chanwatch's keys in etcd")
@@ -54,7 +64,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.cacert, "cacert", "", "CA bundle to verify etcd's certificate")
 	pf.StringVar(&g.cert, "cert", "", "client certificate for etcd")
 	pf.StringVar(&g.key, "key", "", "client key for etcd")
-	pf.StringVar(&g.user, "user", "", "etcd user name (password from --password or CHANWATCH_PASSWORD)")
+	pf.StringVar(&g.user, "user", "", "etcd user name")
 	pf.StringVar(&g.password, "password", "", "etcd password")
 	pf.IntVar(&g.maxReqBytes, "max-request-bytes", etcdkv.DefaultMaxRequestBytes,
 		"etcd's --max-request-bytes: txns are packed, and channel specs refused at register, under it")
@@ -70,12 +80,100 @@ func newRootCmd() *cobra.Command {
 		newPauseCmd(g, true),
 		newPauseCmd(g, false),
 		newUnquarantineCmd(g),
+		newVersionCmd(),
 		bench.NewCommand(),
 	)
 	for _, c := range root.Commands() {
-		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+		c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{flagError(err)} })
 	}
 	return root
+}
+
+// envName is the environment variable a global flag can come from.
+func envName(flag string) string {
+	return "CHANWATCH_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// flagsFromEnv sets every global flag not given on the command line from
+// its CHANWATCH_* variable, as etcdctl reads ETCDCTL_*.
+func flagsFromEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		v, ok := os.LookupEnv(envName(f.Name))
+		if err != nil || f.Changed || !ok {
+			return
+		}
+		if serr := f.Value.Set(v); serr != nil {
+			err = usagef("%s=%q: %v", envName(f.Name), v, flagError(serr))
+		}
+	})
+	return err
+}
+
+var (
+	flagParseRe = regexp.MustCompile(`^invalid argument "(.*)" for "(.*)" flag: (.*)$`)
+	// strconv's and time's words, as a sentence an operator reads.
+	valueErrs = []struct{ match, say string }{
+		{"strconv.ParseInt", "is not a whole number"},
+		{"strconv.ParseUint", "is not a whole number >= 0"},
+		{"strconv.ParseFloat", "is not a number"},
+		{"strconv.ParseBool", "is not true or false"},
+		{"time: ", "is not a duration like 500ms, 10s or 5m"},
+	}
+)
+
+// flagError rewrites pflag's parse errors ("invalid argument ... strconv.
+// ParseInt: parsing ...: invalid syntax") into a sentence.
+func flagError(err error) error {
+	m := flagParseRe.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	for _, v := range valueErrs {
+		if strings.Contains(m[3], v.match) {
+			say := v.say
+			if strings.Contains(m[3], "out of range") {
+				say = "is out of range"
+			}
+			return fmt.Errorf("%s: %q %s", m[2], m[1], say)
+		}
+	}
+	return fmt.Errorf("%s: %q: %s", m[2], m[1], m[3])
+}
+
+// versionString is the module version and VCS commit the binary was built from.
+func versionString() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown version)"
+	}
+	v, commit, dirty := bi.Main.Version, "", ""
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			commit = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if commit == "" {
+		commit = "unknown"
+	}
+	return fmt.Sprintf("%s (commit %s%s, %s)", v, commit, dirty, bi.GoVersion)
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the module version and the VCS commit this binary was built from",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "chanwatch %s\n", versionString())
+			return nil
+		},
+	}
 }
 
 // exactArgs is cobra.ExactArgs with a usage error.
@@ -152,9 +250,6 @@ func (g *globalFlags) clientConfig() (clientv3.Config, error) {
 		Logger:      zap.NewNop(),
 		Username:    g.user,
 		Password:    g.password,
-	}
-	if cfg.Username != "" && cfg.Password == "" {
-		cfg.Password = os.Getenv("CHANWATCH_PASSWORD")
 	}
 	if g.cacert != "" || g.cert != "" || g.key != "" {
 		tc, err := g.tlsConfig()

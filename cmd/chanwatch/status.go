@@ -71,6 +71,7 @@ type statusReport struct {
 	// Problems says, one sentence each, what an operator should look at;
 	// status exits 1 when it is not empty (unless --exit-zero).
 	Problems []string `json:"problems"`
+	keys     int      // keys under the root: 0 means no chanwatch data there
 }
 
 // gatherStatus reads the whole root at one revision.
@@ -80,7 +81,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		return nil, err
 	}
 	r := &statusReport{Root: root, Revision: rev, Nodes: []nodeStatus{}, Channels: []channelStatus{}, Remaining: []string{},
-		Unassigned: []string{}, OwnerGone: []string{}, Problems: []string{}}
+		Unassigned: []string{}, OwnerGone: []string{}, Problems: []string{}, keys: len(items)}
 	registered := map[string]bool{}
 	corruptSpec := map[string]bool{}
 	assigned := map[string]bool{}
