@@ -158,3 +158,16 @@ func TestVersionAndTypos(t *testing.T) {
 		t.Errorf("parse error: exit %d, %q", code, errOut)
 	}
 }
+
+func TestConnectErrorsNameTheCause(t *testing.T) {
+	s := newTestStore(t)
+	ep := strings.Replace(s.flags[1], "http://", "https://", 1)
+	code, _, errOut := runCLI(t, "status", "--endpoints", ep, "--dial-timeout", "1s")
+	if code != 1 || !strings.Contains(errOut, "does not speak TLS") {
+		t.Fatalf("https against a plaintext etcd: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "status", "--endpoints", "http://127.0.0.1:1", "--dial-timeout", "300ms")
+	if code != 1 || !strings.Contains(errOut, "connection refused") {
+		t.Fatalf("closed port: exit %d, %q", code, errOut)
+	}
+}

@@ -6,11 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
 	"regexp"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -316,8 +319,70 @@ func (g *globalFlags) connect(ctx context.Context, lg *zap.Logger) (kv.Backend, 
 		case errors.Is(err, kv.ErrPermissionDenied):
 			return nil, nil, fmt.Errorf("etcd at %s refused the credentials for root %q: %v (check --user/--password or --cert/--key)", g.endpoints, g.root, err)
 		default:
+			if cause := diagnose(ctx, cfg, g.dialTimeout); cause != "" {
+				return nil, nil, fmt.Errorf("etcd at %s: %s", g.endpoints, cause)
+			}
 			return nil, nil, fmt.Errorf("etcd at %s did not answer within %s: %v (is etcd running? check --endpoints)", g.endpoints, g.dialTimeout, err)
 		}
 	}
 	return b, func() { b.Close(); cli.Close() }, nil
+}
+
+// diagnose finds why etcd did not answer, for the first endpoint it can
+// say something about: the gRPC client only reports a deadline, which hides
+// a refused connection or TLS spoken to a plaintext port (or the reverse).
+func diagnose(ctx context.Context, cfg clientv3.Config, timeout time.Duration) string {
+	for _, ep := range cfg.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			continue
+		}
+		d := net.Dialer{Timeout: timeout}
+		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			return fmt.Sprintf("cannot connect to %s: %v (is etcd running there? check --endpoints)", u.Host, unwrapNet(err))
+		}
+		useTLS := u.Scheme == "https" || cfg.TLS != nil
+		if !useTLS {
+			// Plaintext: a TLS server answers an HTTP/2 preface with a TLS alert.
+			_ = conn.SetDeadline(time.Now().Add(timeout))
+			_, _ = conn.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+			buf := make([]byte, 1)
+			n, _ := conn.Read(buf)
+			conn.Close()
+			if n == 1 && buf[0] == 0x15 { // TLS record type: alert
+				return fmt.Sprintf("%s speaks TLS but the endpoint is plaintext: use https:// (and --cacert)", u.Host)
+			}
+			continue
+		}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.TLS != nil {
+			tc = cfg.TLS.Clone()
+		}
+		tc.ServerName = u.Hostname()
+		tconn := tls.Client(conn, tc)
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		err = tconn.HandshakeContext(hctx)
+		cancel()
+		tconn.Close()
+		switch {
+		case err != nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+			strings.Contains(err.Error(), "first record does not look like a TLS handshake")):
+			// A plaintext etcd hangs up on a TLS hello, or answers in HTTP.
+			return fmt.Sprintf("%s does not speak TLS (a plaintext server?): use http://, or check the server's --cert-file", u.Host)
+		case err != nil:
+			return fmt.Sprintf("TLS handshake with %s failed: %v (check --cacert, --cert, --key)", u.Host, err)
+		}
+	}
+	return ""
+}
+
+// unwrapNet keeps the syscall's words ("connection refused") and drops the
+// dial's repetition of the address.
+func unwrapNet(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
 }
