@@ -61,7 +61,7 @@ func newRootCmd() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.endpoints, "endpoints", "", "comma-separated etcd client URLs, e.g. http://127.0.0.1:2379")
 	pf.StringVar(&g.root, "root", "chanwatch", "root path of chanwatch's keys in etcd")
-	pf.StringVar(&g.logFormat, "log-format", "json", "log format: json or console")
+	pf.StringVar(&g.logFormat, "log-format", "", "log format: json or console (default: console when stderr is a terminal, json otherwise)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.DurationVar(&g.dialTimeout, "dial-timeout", 5*time.Second, "timeout to reach etcd")
 	pf.StringVar(&g.cacert, "cacert", "", "CA bundle to verify etcd's certificate")
@@ -202,7 +202,14 @@ func (g *globalFlags) logger() (*zap.Logger, error) {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
 	var cfg zap.Config
-	switch g.logFormat {
+	format := g.logFormat
+	if format == "" {
+		format = "json"
+		if isTerminal(os.Stderr) {
+			format = "console"
+		}
+	}
+	switch format {
 	case "json":
 		cfg = zap.NewProductionConfig()
 	case "console":
@@ -211,6 +218,7 @@ func (g *globalFlags) logger() (*zap.Logger, error) {
 	default:
 		return nil, usagef("--log-format %q: want json or console", g.logFormat)
 	}
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	cfg.OutputPaths = []string{"stderr"}
 	return cfg.Build()
