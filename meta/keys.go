@@ -55,6 +55,9 @@ func ValidateChannel(name string) error {
 		return fmt.Errorf("%w: %q is not UTF-8", ErrInvalidChannel, name)
 	case strings.Contains(name, "/"):
 		return fmt.Errorf("%w: %q contains '/'", ErrInvalidChannel, name)
+	case name == "." || name == "..":
+		// etcd keys allow them, but paths and URLs built from the name do not.
+		return fmt.Errorf("%w: %q is a path element, not a name", ErrInvalidChannel, name)
 	}
 	for _, r := range name {
 		if unicode.IsControl(r) || unicode.IsSpace(r) {

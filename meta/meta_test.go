@@ -43,9 +43,14 @@ func TestParseChannelKeyRejects(t *testing.T) {
 }
 
 func TestValidateChannel(t *testing.T) {
-	for _, bad := range []string{"", "a/b", "a b", "a\x00", strings.Repeat("x", MaxChannelNameLen+1), "\xff"} {
+	for _, bad := range []string{"", "a/b", "a b", "a\x00", strings.Repeat("x", MaxChannelNameLen+1), "\xff", ".", ".."} {
 		if err := ValidateChannel(bad); !errors.Is(err, ErrInvalidChannel) {
 			t.Errorf("ValidateChannel(%q) = %v", bad, err)
+		}
+	}
+	for _, good := range []string{"by-dev-rootcoord-dml_0_123v0", "...", ".a"} {
+		if err := ValidateChannel(good); err != nil {
+			t.Errorf("ValidateChannel(%q) = %v", good, err)
 		}
 	}
 	if err := ValidateChannel("by-dev-rootcoord-dml_0_123v0"); err != nil {

@@ -79,7 +79,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 				_, _, err := session.Leader(pctx, b)
 				return err == nil
 			}
-			if err := serveHTTP(runCtx, httpAddr, reg, ready, lg); err != nil {
+			if _, err := serveHTTP(runCtx, httpAddr, reg, ready, lg); err != nil {
 				return err
 			}
 			lg.Info("coordinator starting", zap.String("id", coord.ID()), zap.String("root", g.root))

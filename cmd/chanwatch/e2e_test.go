@@ -72,7 +72,7 @@ func TestEndToEndProcesses(t *testing.T) {
 	status := func() statusReport {
 		t.Helper()
 		var r statusReport
-		if err := json.Unmarshal([]byte(cli("status", "-o", "json")), &r); err != nil {
+		if err := json.Unmarshal([]byte(cli("status", "-o", "json", "--exit-zero")), &r); err != nil {
 			t.Fatalf("status -o json: %v", err)
 		}
 		return r
@@ -118,7 +118,7 @@ func TestEndToEndProcesses(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("by-dev-rootcoord-dml_%d_%dv0", i%16, 500+i)
 	}
-	cli(append([]string{"register", "--collection", "7"}, names...)...)
+	cli(append([]string{"register", "--create", "--collection", "7"}, names...)...)
 	waitFor("initial placement", time.Minute, converged)
 
 	// SIGKILL a node: its channels must be Watched elsewhere within the

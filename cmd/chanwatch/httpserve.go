@@ -18,10 +18,11 @@ import (
 )
 
 // serveHTTP serves /metrics, /healthz, /readyz and /debug/pprof on addr
-// until ctx is done. ready reports readiness; "" addr serves nothing.
-func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func() bool, lg *zap.Logger) error {
+// until ctx is done and returns the address it listens on (the real port
+// when addr asks for port 0). ready reports readiness; "" addr serves nothing.
+func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func() bool, lg *zap.Logger) (string, error) {
 	if addr == "" {
-		return nil
+		return "", nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -40,7 +41,7 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return usagef("--http %s: %v", addr, err)
+		return "", usagef("--http %s: %v", addr, err)
 	}
 	lg.Info("serving http", zap.String("addr", ln.Addr().String()))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -55,7 +56,7 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 			lg.Error("http server", zap.Error(err))
 		}
 	}()
-	return nil
+	return ln.Addr().String(), nil
 }
 
 // connectInstrumented connects like connect and measures every backend call

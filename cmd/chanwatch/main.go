@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -23,6 +24,11 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	return runContext(ctx, args, stdout, stderr)
+}
+
+// runContext runs the command line until ctx is done and returns the exit code.
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCmd()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -31,8 +37,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "chanwatch: "+oneLine(err))
 	var ue *usageError
+	if strings.HasPrefix(err.Error(), "unknown command") {
+		// cobra's own usage error, with its "did you mean" on later lines.
+		fmt.Fprintln(stderr, "chanwatch: "+strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "Did you mean this?", "did you mean:")), " "))
+		return 2
+	}
+	fmt.Fprintln(stderr, "chanwatch: "+oneLine(err))
 	if errors.As(err, &ue) {
 		return 2
 	}

@@ -42,6 +42,10 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"status", "--endpoints", "http://127.0.0.1:2379", "-o", "yaml"},
 		{"drain", "--endpoints", "http://127.0.0.1:2379", "abc"},
 		{"register", "--endpoints", "http://127.0.0.1:2379", "bad/name"},
+		{"register", "--endpoints", "http://127.0.0.1:2379", "--collection", "abc", "ch"},
+		{"register", "--endpoints", "http://127.0.0.1:2379", ".."},
+		{"stauts"},
+		{"status", "--exit-zero=maybe"},
 		{"status"}, // no --endpoints
 		{"coord", "--endpoints", "http://127.0.0.1:2379", "--log-format", "xml"},
 		{"node", "--endpoints", "http://127.0.0.1:1", "--http", "", "--session-ttl", "10s", "--fence-margin", "10s"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,7 +113,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 			if delay < 0 {
 				return usagef("--watch-delay must be >= 0, got %v", delay)
 			}
-			opts := []nodewatch.Option{nodewatch.WithLogger(lg), nodewatch.WithSessionTTL(ttl), nodewatch.WithAddr(addr),
+			opts := []nodewatch.Option{nodewatch.WithLogger(lg), nodewatch.WithSessionTTL(ttl),
 				nodewatch.WithFenceMargin(fenceMargin), nodewatch.WithKeepAliveInterval(keepAlive),
 				nodewatch.WithMaxAttempt(maxAttempt)}
 			if hb > 0 {
@@ -135,16 +136,25 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 				latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chanwatch_node_handler_seconds", Help: "Handler latency by call."}, []string{"call"}),
 			}
 			reg.MustRegister(h.watches, h.fails, h.latency)
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			// Serve HTTP first: the node advertises the address it listens
+			// on (status's ADDR column) unless --addr says otherwise.
+			var started atomic.Pointer[nodewatch.Node]
+			served, err := serveHTTP(runCtx, httpAddr, reg, func() bool { n := started.Load(); return n != nil && n.ID() != 0 }, lg)
+			if err != nil {
+				return err
+			}
+			if addr == "" {
+				addr = served
+			}
+			opts = append(opts, nodewatch.WithAddr(addr))
 			node, err := nodewatch.New(b, h, opts...)
 			if err != nil {
 				return usagef("%v", err)
 			}
+			started.Store(node)
 			h.node = node.ID
-			runCtx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			if err := serveHTTP(runCtx, httpAddr, reg, func() bool { return node.ID() != 0 }, lg); err != nil {
-				return err
-			}
 			term, stopSig := sigterm()
 			defer stopSig()
 			go func() {
@@ -179,7 +189,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&httpAddr, "http", "127.0.0.1:0", "address for /metrics, /healthz, /readyz, /debug/pprof (empty: none)")
-	f.StringVar(&addr, "addr", "", "address this node advertises in its session")
+	f.StringVar(&addr, "addr", "", "address this node advertises in its session (default: the --http address)")
 	f.DurationVar(&ttl, "session-ttl", nodewatch.DefaultSessionTTL, "node session lease TTL")
 	f.DurationVar(&hb, "progress-interval", 0, "least time between two progress heartbeats of a channel whose handler reports progress (default: nodewatch's)")
 	f.DurationVar(&fenceMargin, "fence-margin", 0, "fence this long before the lease can expire: the time Releases get on session loss (default: session TTL/5)")

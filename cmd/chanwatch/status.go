@@ -8,9 +8,9 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/mattn/go-runewidth"
 	"github.com/spf13/cobra"
 
 	"github.com/chanwatch/chanwatch/kv"
@@ -44,8 +44,15 @@ type channelStatus struct {
 	// Stale: the key was created before its node's current session key: it
 	// was made for an earlier holder of the node ID (a dead node's key,
 	// which the coordinator moves and the node does not run).
-	Stale     bool `json:"stale,omitempty"`
-	createRev int64
+	Stale bool `json:"stale,omitempty"`
+	// OwnerGone: the key names a node that has no session key (it died or
+	// left and the coordinator has not moved the channel yet, or no
+	// coordinator leads to move it). Nothing runs the channel.
+	OwnerGone bool `json:"owner_gone,omitempty"`
+	// RegistryCorrupt: the channel's registry value does not decode (it is
+	// registered, but the coordinator cannot read its spec).
+	RegistryCorrupt bool `json:"registry_corrupt,omitempty"`
+	createRev       int64
 }
 
 type statusReport struct {
@@ -59,6 +66,12 @@ type statusReport struct {
 	Remaining     []string        `json:"remaining"`
 	Unassigned    []string        `json:"unassigned"`
 	Corrupt       []string        `json:"corrupt,omitempty"`
+	// OwnerGone lists channels whose assignment names a node with no session.
+	OwnerGone []string `json:"owner_gone"`
+	// Problems says, one sentence each, what an operator should look at;
+	// status exits 1 when it is not empty (unless --exit-zero).
+	Problems []string `json:"problems"`
+	keys     int      // keys under the root: 0 means no chanwatch data there
 }
 
 // gatherStatus reads the whole root at one revision.
@@ -67,8 +80,10 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	if err != nil {
 		return nil, err
 	}
-	r := &statusReport{Root: root, Revision: rev, Nodes: []nodeStatus{}, Channels: []channelStatus{}, Remaining: []string{}, Unassigned: []string{}}
+	r := &statusReport{Root: root, Revision: rev, Nodes: []nodeStatus{}, Channels: []channelStatus{}, Remaining: []string{},
+		Unassigned: []string{}, OwnerGone: []string{}, Problems: []string{}, keys: len(items)}
 	registered := map[string]bool{}
+	corruptSpec := map[string]bool{}
 	assigned := map[string]bool{}
 	nodes := map[int64]*nodeStatus{}
 	leases := map[int64]kv.LeaseID{}
@@ -78,12 +93,16 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	for _, it := range items {
 		switch {
 		case strings.HasPrefix(it.Key, meta.RegistryPrefix):
-			if _, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
+			ch, err := meta.ParseRegistryKey(it.Key)
+			if err != nil {
 				r.Corrupt = append(r.Corrupt, it.Key)
 				continue
 			}
-			ch, _ := meta.ParseRegistryKey(it.Key)
 			registered[ch] = true
+			if _, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+				corruptSpec[ch] = true
+			}
 		case strings.HasPrefix(it.Key, meta.NodeSessionPrefix):
 			s, err := meta.DecodeNodeSession(it.Key, it.Value)
 			if err != nil {
@@ -145,10 +164,15 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		}
 	}
 	for i := range r.Channels {
-		r.Channels[i].Registered = registered[r.Channels[i].Name]
-		if n := nodes[r.Channels[i].Node]; n != nil {
+		c := &r.Channels[i]
+		c.Registered = registered[c.Name]
+		c.RegistryCorrupt = corruptSpec[c.Name]
+		if n := nodes[c.Node]; n != nil {
 			n.Channels++
-			r.Channels[i].Stale = r.Channels[i].createRev < incarnations[n.ID]
+			c.Stale = c.createRev < incarnations[n.ID]
+		} else if c.Node != 0 {
+			c.OwnerGone = true
+			r.OwnerGone = append(r.OwnerGone, c.Name)
 		}
 	}
 	for ch := range registered {
@@ -156,6 +180,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			r.Unassigned = append(r.Unassigned, ch)
 		}
 	}
+	sort.Strings(r.OwnerGone)
 	for id, n := range nodes {
 		n.Health = "ok"
 		if q, ok := quarantine[id]; ok {
@@ -180,48 +205,161 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		return r.Channels[i].Name < r.Channels[j].Name
 	})
 	sort.Strings(r.Unassigned)
+	r.Problems = problems(r)
 	return r, nil
 }
 
-func printStatusTable(w io.Writer, r *statusReport) {
+// problems names what is wrong in r, one sentence each. Quarantined and
+// evicted nodes are shown in the table but are not problems of their own:
+// the coordinator is already handling them.
+func problems(r *statusReport) []string {
+	p := []string{}
+	if r.Leader == "" {
+		p = append(p, "no coordinator leads: nothing places, moves or releases channels (start chanwatch coord)")
+	}
+	if n := len(r.OwnerGone); n > 0 {
+		p = append(p, fmt.Sprintf("%d channel(s) owned by a node with no live session: nothing runs them (%s)", n, abbrev(r.OwnerGone)))
+	}
+	if n := len(r.Unassigned); n > 0 {
+		p = append(p, fmt.Sprintf("%d channel(s) registered but unassigned: the coordinator has not placed them (%s)", n, abbrev(r.Unassigned)))
+	}
+	if n := len(r.Corrupt); n > 0 {
+		p = append(p, fmt.Sprintf("%d corrupt key(s)", n))
+	}
+	return p
+}
+
+// abbrev joins the first few names of list.
+func abbrev(list []string) string {
+	const show = 3
+	if len(list) <= show {
+		return strings.Join(list, ", ")
+	}
+	return strings.Join(list[:show], ", ") + fmt.Sprintf(", and %d more", len(list)-show)
+}
+
+// statusFilter narrows the table and the JSON to some nodes and channels;
+// the summary lines and problems always count the whole root.
+type statusFilter struct {
+	node       int64 // -1: any; 0: remaining
+	state      string
+	collection int64 // -1: any
+	summary    bool  // no channel table
+}
+
+func (f statusFilter) channel(c channelStatus) bool {
+	return (f.node < 0 || c.Node == f.node) &&
+		(f.state == "" || strings.EqualFold(c.State, f.state)) &&
+		(f.collection < 0 || c.Collection == f.collection)
+}
+
+func (f statusFilter) apply(r *statusReport) *statusReport {
+	out := *r
+	out.Nodes = []nodeStatus{}
+	for _, n := range r.Nodes {
+		if f.node < 0 || n.ID == f.node {
+			out.Nodes = append(out.Nodes, n)
+		}
+	}
+	out.Channels = []channelStatus{}
+	if !f.summary {
+		for _, c := range r.Channels {
+			if f.channel(c) {
+				out.Channels = append(out.Channels, c)
+			}
+		}
+	}
+	return &out
+}
+
+func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 	leader := r.Leader
 	if leader == "" {
-		leader = "none"
+		leader = "NONE"
 	}
 	fmt.Fprintf(w, "root %s  revision %d  leader %s  balancing %s\n", r.Root, r.Revision, leader, map[bool]string{true: "PAUSED", false: "on"}[r.BalancePaused])
-	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tADDR\tSTATE\tHEALTH\tCHANNELS\tLEASE TTL LEFT")
+	shown := f.apply(r)
+	addr := false
+	for _, n := range shown.Nodes {
+		addr = addr || n.Addr != ""
+	}
+	nodes := [][]string{{"NODE", "ADDR", "STATE", "HEALTH", "CHANNELS", "LEASE TTL LEFT"}}
 	var quarantined []nodeStatus
-	for _, n := range r.Nodes {
+	for _, n := range shown.Nodes {
 		health := n.Health
 		if n.QuarantinedUntil != nil {
 			health += " until " + n.QuarantinedUntil.Local().Format(time.TimeOnly)
 			quarantined = append(quarantined, n)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%.1fs\n", n.ID, orDash(n.Addr), n.State, health, n.Channels, n.LeaseTTLSec)
+		nodes = append(nodes, []string{fmt.Sprint(n.ID), orDash(n.Addr), n.State, health, fmt.Sprint(n.Channels), fmt.Sprintf("%.1fs", n.LeaseTTLSec)})
 	}
-	fmt.Fprintln(tw, "\nCHANNEL\tCOLLECTION\tOWNER\tSTATE\tAGE\tATTEMPTS\tLAST ERROR")
-	for _, c := range r.Channels {
-		owner := fmt.Sprint(c.Node)
-		if c.Node == 0 {
-			owner = "remaining"
+	if !addr { // no node serves HTTP: the column would be all dashes
+		for i := range nodes {
+			nodes[i] = append(nodes[i][:1:1], nodes[i][2:]...)
 		}
-		if !c.Registered {
-			owner += " (deregistered)"
-		}
-		if c.Stale {
-			owner += " (stale: predates the node's session)"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.1fs\t%d\t%s\n", c.Name, c.Collection, owner, c.State, c.AgeSec, c.Attempts, orDash(c.LastError))
 	}
-	tw.Flush()
-	fmt.Fprintf(w, "\n%d node(s), %d channel(s), %d remaining, %d registered but unassigned\n",
-		len(r.Nodes), len(r.Channels), len(r.Remaining), len(r.Unassigned))
+	fmt.Fprintln(w)
+	writeTable(w, nodes)
+	if !f.summary {
+		chans := [][]string{{"CHANNEL", "COLLECTION", "OWNER", "STATE", "AGE", "ATTEMPTS", "LAST ERROR"}}
+		for _, c := range shown.Channels {
+			owner, state := fmt.Sprint(c.Node), c.State
+			switch {
+			case c.Node == 0:
+				owner = "remaining"
+			case c.OwnerGone:
+				owner += " (gone)"
+				state += " (owner gone)"
+			}
+			switch {
+			case c.RegistryCorrupt:
+				owner += " (registry value corrupt)"
+			case !c.Registered:
+				owner += " (deregistered)"
+			}
+			if c.Stale {
+				owner += " (stale: predates the node's session)"
+			}
+			chans = append(chans, []string{c.Name, fmt.Sprint(c.Collection), owner, state, fmt.Sprintf("%.1fs", c.AgeSec), fmt.Sprint(c.Attempts), orDash(c.LastError)})
+		}
+		fmt.Fprintln(w)
+		writeTable(w, chans)
+	}
+	fmt.Fprintf(w, "\n%d node(s), %d channel(s), %d remaining, %d owned by a gone node, %d registered but unassigned\n",
+		len(r.Nodes), len(r.Channels), len(r.Remaining), len(r.OwnerGone), len(r.Unassigned))
 	for _, n := range quarantined {
 		fmt.Fprintf(w, "node %d %s: %s (lift: chanwatch unquarantine %d)\n", n.ID, n.Health, n.QuarantineReason, n.ID)
 	}
 	if len(r.Corrupt) > 0 {
 		fmt.Fprintf(w, "%d corrupt key(s): %s\n", len(r.Corrupt), strings.Join(r.Corrupt, ", "))
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "PROBLEM: %s\n", p)
+	}
+}
+
+// writeTable pads columns by display width (text/tabwriter counts runes, so
+// a wide or combining character in a channel name would shift the columns).
+func writeTable(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for i, cell := range row {
+			if i >= len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], runewidth.StringWidth(cell))
+		}
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		b.Reset()
+		for i, cell := range row {
+			b.WriteString(cell)
+			if i < len(row)-1 {
+				b.WriteString(strings.Repeat(" ", widths[i]-runewidth.StringWidth(cell)+2))
+			}
+		}
+		fmt.Fprintln(w, b.String())
 	}
 }
 
@@ -237,16 +375,43 @@ func isTerminal(f *os.File) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+const statusLong = `status reads the whole root at one revision and shows the nodes, every
+channel's owner and state, and what is wrong.
+
+Terms:
+  remaining                   the channel waits in channel/remaining/ for a serving node
+                              (none can take it: no node, all draining or quarantined)
+  registered but unassigned   registry/<ch> exists but the coordinator has not written its
+                              assignment yet (no coordinator leads, or it has not caught up)
+  owner gone                  the assignment names a node with no live session: nothing runs
+                              the channel until the coordinator moves it
+  stale                       the assignment predates its node's session (made for an earlier
+                              holder of the node ID); the coordinator moves it
+  deregistered                assigned but no longer registered: the coordinator releases it
+
+status exits 1 when it sees a problem (no leader, channels owned by a gone node, channels
+registered but unassigned, corrupt keys) and lists them as PROBLEM lines; --exit-zero exits 0
+whatever it sees. Quarantined and evicted nodes are shown, not counted as problems.
+--watch redraws every second and on changes, and never exits on a problem.`
+
 func newStatusCmd(g *globalFlags) *cobra.Command {
-	var output string
-	var watch bool
+	var (
+		output   string
+		watch    bool
+		exitZero bool
+		f        = statusFilter{node: -1, collection: -1}
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show nodes, channel owners and states, and remaining channels",
+		Short: "Show nodes, channel owners and states, remaining channels and problems",
+		Long:  statusLong,
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
 				return usagef("-o %q: want table or json", output)
+			}
+			if f.node < -1 || f.collection < -1 {
+				return usagef("--node and --collection take an ID >= 0")
 			}
 			lg, err := g.logger()
 			if err != nil {
@@ -259,54 +424,99 @@ func newStatusCmd(g *globalFlags) *cobra.Command {
 			}
 			defer closeB()
 			out := cmd.OutOrStdout()
-			show := func() (int64, error) {
+			show := func() (*statusReport, error) {
 				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				defer cancel()
 				r, err := gatherStatus(rctx, b, g.root)
 				if err != nil {
-					return 0, err
+					return nil, err
 				}
 				if !watch && len(r.Nodes) == 0 && len(r.Channels) == 0 && len(r.Unassigned) == 0 && r.Leader == "" {
-					return 0, fmt.Errorf("root %q holds no chanwatch data (check --root)", g.root)
+					return nil, fmt.Errorf("root %q holds no chanwatch data (check --root)", g.root)
 				}
 				if output == "json" {
 					enc := json.NewEncoder(out)
 					enc.SetIndent("", "  ")
-					return r.Revision, enc.Encode(r)
+					return r, enc.Encode(f.apply(r))
 				}
 				if watch && isTerminal(os.Stdout) {
 					fmt.Fprint(out, "\033[H\033[2J")
 				}
-				printStatusTable(out, r)
-				return r.Revision, nil
+				printStatusTable(out, r, f)
+				return r, nil
 			}
-			rev, err := show()
-			if err != nil || !watch {
-				return err
-			}
-			for {
-				wctx, cancel := context.WithCancel(ctx)
-				for resp := range b.Watch(wctx, "", rev+1) {
-					if resp.Err != nil {
-						break
-					}
-					if rev, err = show(); err != nil {
-						cancel()
-						return err
-					}
-				}
-				cancel()
-				if ctx.Err() != nil {
-					return nil
-				}
-				// The watch ended (compaction, reconnect): re-list and go on.
-				if rev, err = show(); err != nil {
+			if !watch {
+				r, err := show()
+				if err != nil {
 					return err
 				}
+				if len(r.Problems) > 0 && !exitZero {
+					return fmt.Errorf("status found %d problem(s): %s (--exit-zero to ignore)", len(r.Problems), strings.Join(r.Problems, "; "))
+				}
+				return nil
 			}
+			return watchStatus(ctx, b, out, show)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	cmd.Flags().BoolVar(&watch, "watch", false, "redraw on every change")
+	fl := cmd.Flags()
+	fl.StringVarP(&output, "output", "o", "table", "output format: table or json")
+	fl.BoolVar(&watch, "watch", false, "redraw every second and on changes (bursts coalesced); never exits on a problem")
+	fl.BoolVar(&exitZero, "exit-zero", false, "exit 0 even when status finds a problem (for scripts that only want the table)")
+	fl.Int64Var(&f.node, "node", -1, "show only this node and its channels (0: remaining channels)")
+	fl.StringVar(&f.state, "state", "", "show only channels in this state (ToWatch, Watched, WatchFailure, ToRelease, Released, ReleaseFailure)")
+	fl.Int64Var(&f.collection, "collection", -1, "show only channels of this collection ID")
+	fl.BoolVar(&f.summary, "summary", false, "nodes and counts only, no channel table")
 	return cmd
+}
+
+// watchStatus redraws on a one-second timer (ages and lease time left tick)
+// and soon after changes, one redraw per burst. A failed read is shown and
+// retried: --watch keeps running until interrupted.
+func watchStatus(ctx context.Context, b kv.Backend, out io.Writer, show func() (*statusReport, error)) error {
+	const settle = 100 * time.Millisecond
+	rev := int64(0)
+	redraw := func() {
+		r, err := show()
+		if err != nil {
+			fmt.Fprintf(out, "status: %v (retrying)\n", err)
+			return
+		}
+		rev = r.Revision
+	}
+	redraw()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		wch := b.Watch(wctx, "", rev+1)
+		var soon <-chan time.Time
+	events:
+		for {
+			select {
+			case <-ctx.Done():
+				break events
+			case resp, ok := <-wch:
+				if !ok || resp.Err != nil {
+					break events // compaction, reconnect: re-list and watch again
+				}
+				if soon == nil {
+					soon = time.After(settle)
+				}
+			case <-soon:
+				soon = nil
+				redraw()
+			case <-tick.C:
+				redraw()
+			}
+		}
+		cancel()
+		if ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+				redraw()
+			}
+		}
+	}
+	return nil
 }
