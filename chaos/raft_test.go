@@ -43,7 +43,7 @@ func freePort(t testing.TB) string {
 // timers, and waits until every node knows the leader.
 func startRaft(t testing.TB, n int, opts ...raftkv.Option) *raftCluster {
 	t.Helper()
-	c := &raftCluster{t: t, opts: append([]raftkv.Option{raftkv.WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond)}, opts...)}
+	c := &raftCluster{t: t, opts: append([]raftkv.Option{raftkv.WithRaftTimeouts(600*time.Millisecond, 600*time.Millisecond, 500*time.Millisecond)}, opts...)}
 	dir := t.TempDir()
 	var peers []raftkv.Peer
 	for i := range n {

@@ -26,7 +26,8 @@ type Cluster struct {
 // loopbackTimeouts make elections fast on one machine, with room for a
 // loaded, race-instrumented test binary on two cores: a leader that misses
 // its lease steps down and leaves writes in flight with unknown outcomes.
-var loopbackTimeouts = WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond)
+// (300/300/250 ms lost leadership under two busy loops beside make test.)
+var loopbackTimeouts = WithRaftTimeouts(600*time.Millisecond, 600*time.Millisecond, 500*time.Millisecond)
 
 // StartCluster starts n nodes on 127.0.0.1 ports picked by the system, with
 // their state under dir/node<i>: node 0 bootstraps alone, the others join

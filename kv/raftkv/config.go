@@ -187,8 +187,8 @@ func WithMinLeaseTTL(d time.Duration) Option { return func(o *options) { o.minLe
 func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.requestTimeout = d } }
 
 // WithRaftTimeouts sets raft's heartbeat, election and leader-lease
-// timeouts (default raft's 1s, 1s, 500ms; StartCluster uses 300ms, 300ms,
-// 250ms for loopback). raft requires leaderLease <= heartbeat <= election.
+// timeouts (default raft's 1s, 1s, 500ms; StartCluster uses 600ms, 600ms,
+// 500ms for loopback). raft requires leaderLease <= heartbeat <= election.
 func WithRaftTimeouts(heartbeat, election, leaderLease time.Duration) Option {
 	return func(o *options) { o.heartbeat, o.election, o.leaderLease = heartbeat, election, leaderLease }
 }

@@ -131,7 +131,7 @@ func openEtcd(endpoints, root string) (kv.Backend, func(), error) {
 // so a SIGSTOP pauses a member of the cluster as well as the node.
 func openRaft(ctx context.Context, id, addr, dir, root string) (kv.Backend, func(), error) {
 	n, err := raftkv.Open(raftkv.Config{ID: id, Addr: addr, Dir: dir},
-		raftkv.WithRaftTimeouts(300*time.Millisecond, 300*time.Millisecond, 250*time.Millisecond))
+		raftkv.WithRaftTimeouts(600*time.Millisecond, 600*time.Millisecond, 500*time.Millisecond))
 	if err != nil {
 		return nil, nil, err
 	}
