@@ -48,6 +48,10 @@ import (
 //     no-op; so is one past the attempt cap (WithMaxAttempt, default 10
 //     min), where the node cancels the call's ctx whatever it reports.
 //
+// Both calls' ctx carry the node's ID (NodeID) and the assignment
+// (Assignment): for Release, the ChannelInfo of the Watch it undoes, so
+// that final writes can be stamped with its fencing token.
+//
 // A panic in either method is recovered and treated as an error.
 type Handler interface {
 	// Watch starts the channel described by info and returns once it runs

@@ -159,7 +159,8 @@ func (n *Node) Unreleased() []string {
 // failed, before the node takes a new ID.
 func (n *Node) retryReleases(ctx context.Context) {
 	for _, name := range n.Unreleased() {
-		err := callHandler(n.log, "Release", name, func() error { return n.h.Release(ctx, name) })
+		rctx := context.WithValue(ctx, callKey{}, callInfo{node: n.ID()})
+		err := callHandler(n.log, "Release", name, func() error { return n.h.Release(rctx, name) })
 		n.setUnreleased(name, err != nil)
 		if err != nil {
 			n.log.Warn("release retry failed; the channel is released again before its next watch",

@@ -598,3 +598,40 @@ func TestStopBeforeRun(t *testing.T) {
 		t.Fatalf("Stop = %v", err)
 	}
 }
+
+// TestHandlerLearnsNodeAndAssignment: Watch's ctx names the node, and
+// Release's ctx carries the assignment it undoes, token included.
+func TestHandlerLearnsNodeAndAssignment(t *testing.T) {
+	e := newEnv(t)
+	type seen struct {
+		node int64
+		info meta.ChannelInfo
+		ok   bool
+	}
+	got := make(chan seen, 2)
+	e.h.watch = func(ctx context.Context, info meta.ChannelInfo) error {
+		a, ok := nodewatch.Assignment(ctx)
+		got <- seen{nodewatch.NodeID(ctx), a, ok}
+		return nil
+	}
+	e.h.release = func(ctx context.Context, ch string) error {
+		a, ok := nodewatch.Assignment(ctx)
+		got <- seen{nodewatch.NodeID(ctx), a, ok}
+		return nil
+	}
+	id := e.start()
+	rev := e.assign(id, "a")
+	w := <-got
+	if w.node != id || !w.ok || w.info.AssignRevision != rev || w.info.Name != "a" {
+		t.Fatalf("in Watch: node %d, assignment %+v (%v); want node %d, token %d", w.node, w.info, w.ok, id, rev)
+	}
+	e.waitState(id, "a", meta.Watched)
+	e.toRelease(id, "a")
+	r := <-got
+	if r.node != id || !r.ok || r.info.AssignRevision != rev {
+		t.Fatalf("in Release: node %d, assignment %+v (%v); want node %d, token %d", r.node, r.info, r.ok, id, rev)
+	}
+	if n, _ := nodewatch.Assignment(context.Background()); n.Name != "" || nodewatch.NodeID(context.Background()) != 0 {
+		t.Fatal("a foreign ctx carries an assignment")
+	}
+}

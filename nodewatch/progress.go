@@ -31,6 +31,36 @@ func ReportProgress(ctx context.Context) {
 
 type progressKey struct{}
 
+// NodeID returns the ID of the node whose Handler call (Watch or Release)
+// ctx belongs to, or 0 on a ctx that did not come from a node. A node takes
+// a new ID after each session loss, so the ID can differ between the Watch
+// and the Release of one channel.
+func NodeID(ctx context.Context) int64 {
+	c, _ := ctx.Value(callKey{}).(callInfo)
+	return c.node
+}
+
+// Assignment returns the assignment the Handler call whose ctx this is works
+// on: for Watch, the ChannelInfo it was given (with its fencing token); for
+// Release, the ChannelInfo of the Watch it undoes, so that final writes can
+// be stamped with the same token. ok is false on a ctx that did not come
+// from a node, and for a Release whose Watch ran in an earlier process (or
+// whose earlier Release failed before the node re-registered: the node then
+// retries it without the assignment).
+func Assignment(ctx context.Context) (info meta.ChannelInfo, ok bool) {
+	c, _ := ctx.Value(callKey{}).(callInfo)
+	return c.info, c.known
+}
+
+type callKey struct{}
+
+// callInfo is what NodeID and Assignment read.
+type callInfo struct {
+	node  int64
+	info  meta.ChannelInfo
+	known bool
+}
+
 // progress collects one Handler call's reports for its heartbeat loop.
 type progress struct {
 	mu     sync.Mutex

@@ -47,6 +47,8 @@ type channel struct {
 	watched bool               // Watch succeeded and was acked; not yet released
 	held    bool               // Watch was called and Release has not succeeded
 	seen    int64              // the key's newest mod revision handled or written
+	info    meta.ChannelInfo   // what the last Watch got (for Release's Assignment)
+	hasInfo bool
 }
 
 // enqueue hands e to the channel's worker, starting one if needed. It
@@ -254,6 +256,10 @@ func (inc *incarnation) runWatch(actx context.Context, c *channel, hb *heartbeat
 	if cancel == nil {
 		cancel = func() {}
 	}
+	inc.mu.Lock()
+	c.info, c.hasInfo = arg, true
+	inc.mu.Unlock()
+	actx = context.WithValue(actx, callKey{}, callInfo{node: inc.id, info: arg, known: true})
 	return inc.runCall(actx, cancel, "Watch", c.name, func(ctx context.Context) error {
 		return inc.n.h.Watch(ctx, arg)
 	}, hb, log)
@@ -293,7 +299,10 @@ func (inc *incarnation) releaseLocal(c *channel, why string, hb *heartbeat) erro
 	if !held {
 		return nil
 	}
-	rctx, rcancel := context.WithCancel(inc.relCtx)
+	inc.mu.Lock()
+	ci := callInfo{node: inc.id, info: c.info, known: c.hasInfo}
+	inc.mu.Unlock()
+	rctx, rcancel := context.WithCancel(context.WithValue(inc.relCtx, callKey{}, ci))
 	defer rcancel()
 	err := inc.runCall(rctx, rcancel, "Release", c.name, func(ctx context.Context) error {
 		return inc.n.h.Release(ctx, c.name)
