@@ -542,3 +542,39 @@ func (h *harness) allWatchedIn(as map[string]assignment, chs ...string) bool {
 	}
 	return true
 }
+
+// TestAssignmentsOneRead: Assignments returns every channel's owner and
+// state from one List, corrupt values flagged, foreign keys skipped.
+func TestAssignmentsOneRead(t *testing.T) {
+	h := newHarness(t)
+	ns := h.addNodes(2)
+	h.lead()
+	chs := names("ch", 6)
+	h.register(1, chs...)
+	h.eventually("all watched", func() bool { return h.allWatched(chs) })
+	if _, err := kv.Put(h.ctx, h.kv, meta.ChannelKey(ns[0].id, "broken"), []byte("{")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(h.ctx, h.kv, meta.ChannelPrefix+"not-a-key", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	got, rev, err := Assignments(h.ctx, h.kv)
+	if err != nil || rev == 0 {
+		t.Fatalf("Assignments: %v (revision %d)", err, rev)
+	}
+	for _, ch := range chs {
+		node, info, err := Owner(h.ctx, h.kv, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := got[ch]; len(a) != 1 || a[0].Node != node || a[0].Info.State != info.State || a[0].Corrupt {
+			t.Fatalf("%s: Assignments says %+v, Owner says node %d %v", ch, a, node, info.State)
+		}
+	}
+	if a := got["broken"]; len(a) != 1 || !a[0].Corrupt || a[0].Node != ns[0].id {
+		t.Fatalf("broken: %+v, want one corrupt assignment on node %d", a, ns[0].id)
+	}
+	if len(got) != len(chs)+1 {
+		t.Fatalf("%d channels, want %d", len(got), len(chs)+1)
+	}
+}

@@ -154,6 +154,47 @@ func Owner(ctx context.Context, b kv.KV, channel string) (int64, meta.ChannelInf
 	return 0, meta.ChannelInfo{}, fmt.Errorf("%w: %q", ErrNotAssigned, channel)
 }
 
+// Assignment is one channel's assignment as Assignments reads it.
+type Assignment struct {
+	// Node is the owner's node ID; 0 for channel/remaining/.
+	Node int64
+	// Info is the decoded value (zero when Corrupt).
+	Info meta.ChannelInfo
+	// ModRevision is the key's mod revision.
+	ModRevision int64
+	// Corrupt is set when the value does not decode.
+	Corrupt bool
+}
+
+// Assignments returns every channel's assignments in one read (one List of
+// channel/ at one revision, which it returns), by channel name: normally
+// one per channel; more than one only while something is being repaired.
+// Keys that do not parse are skipped; values that do not decode are
+// returned with Corrupt set. Print N owners with it rather than N calls to
+// Owner, each of which lists every assignment.
+func Assignments(ctx context.Context, b kv.KV) (map[string][]Assignment, int64, error) {
+	kvs, rev, err := b.List(ctx, meta.ChannelPrefix)
+	if err != nil {
+		return nil, 0, fmt.Errorf("channelmgr: assignments: %w", err)
+	}
+	out := make(map[string][]Assignment, len(kvs))
+	for _, e := range kvs {
+		node, ch, perr := meta.ParseChannelKey(e.Key)
+		if perr != nil {
+			continue
+		}
+		a := Assignment{Node: node, ModRevision: e.ModRevision}
+		info, derr := meta.DecodeChannelInfo(e.Key, e.Value)
+		if derr != nil {
+			a.Corrupt = true
+		} else {
+			a.Info = info
+		}
+		out[ch] = append(out[ch], a)
+	}
+	return out, rev, nil
+}
+
 // Channels returns the assignments of node nodeID (channel/<nodeID>/), sorted
 // by channel name. Values that do not decode are left out and reported in
 // the error (wrapping meta.ErrCorruptValue) while the slice still holds every

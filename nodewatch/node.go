@@ -368,7 +368,23 @@ func (n *Node) isStopping() bool {
 // in time (the node then keeps draining; cancel Run's context to stop at
 // once). Before Run registers, Stop makes Run return without registering;
 // if Run is never called, Stop waits for ctx.
+//
+// From inside a Handler call, pass the call's ctx: Stop then marks the node
+// stopping, starts the drain and returns nil at once, since the node cannot
+// finish while it waits for that very call. With any other ctx, a Stop
+// called from a handler waits until ctx ends (the drain goes on).
 func (n *Node) Stop(ctx context.Context) error {
+	if _, inHandler := ctx.Value(callKey{}).(callInfo); inHandler {
+		errc := make(chan error, 1)
+		mctx := context.WithoutCancel(ctx)
+		go func() { errc <- n.stop(mctx, false) }()
+		return <-errc
+	}
+	return n.stop(ctx, true)
+}
+
+// stop marks the node stopping and, if wait, waits for Run to return.
+func (n *Node) stop(ctx context.Context, wait bool) error {
 	n.mu.Lock()
 	inc := n.cur
 	n.mu.Unlock()
@@ -384,6 +400,9 @@ func (n *Node) Stop(ctx context.Context) error {
 		close(n.stopCh)
 	}
 	n.mu.Unlock()
+	if !wait {
+		return nil
+	}
 	select {
 	case <-n.runDone:
 		return nil

@@ -635,3 +635,32 @@ func TestHandlerLearnsNodeAndAssignment(t *testing.T) {
 		t.Fatal("a foreign ctx carries an assignment")
 	}
 }
+
+// TestStopFromInsideHandler: a handler that stops its own node with the
+// call's ctx does not deadlock: Stop starts the drain and returns, and the
+// node drains and Run returns.
+func TestStopFromInsideHandler(t *testing.T) {
+	e := newEnv(t)
+	stopped := make(chan error, 1)
+	e.h.watch = func(ctx context.Context, info meta.ChannelInfo) error {
+		stopped <- e.node.Stop(ctx)
+		return nil
+	}
+	id := e.start()
+	e.assign(id, "a")
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Stop from the handler: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Stop called from inside Watch did not return")
+	}
+	e.waitState(id, "a", meta.Watched)
+	e.toRelease(id, "a")
+	e.waitState(id, "a", meta.Released)
+	e.del(id, "a")
+	if err := e.node.Stop(e.ctx()); err != nil {
+		t.Fatalf("the node did not drain after the handler stopped it: %v", err)
+	}
+}

@@ -63,6 +63,7 @@ func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSessi
 		return nil, err
 	}
 	key := meta.CoordinatorKey
+	var lastLeader int64 // the leader we last said we stand by for
 	for {
 		if err := sessionDone(s); err != nil {
 			return nil, err
@@ -96,7 +97,15 @@ func Campaign(ctx context.Context, b kv.Backend, s *Session, val meta.CoordSessi
 				continue
 			}
 			if cur.Lease != s.Lease() {
-				s.log.Debug("campaign: waiting for leader to go", zap.Int64("leader_token", cur.CreateRevision))
+				leader := "?"
+				if v, err := meta.DecodeCoordSession(cur.Key, cur.Value); err == nil {
+					leader = v.ID
+				}
+				if cur.CreateRevision != lastLeader {
+					lastLeader = cur.CreateRevision
+					s.log.Info("standing by: another coordinator leads", zap.String("leader", leader),
+						zap.Int64("leader_token", cur.CreateRevision))
+				}
 				if err := waitGone(ctx, b, s, key, cur.CreateRevision, resp.Revision+1); err != nil {
 					return nil, err
 				}
