@@ -49,6 +49,7 @@ type channel struct {
 	seen    int64              // the key's newest mod revision handled or written
 	info    meta.ChannelInfo   // what the last Watch got (for Release's Assignment)
 	hasInfo bool
+	phase   string // "watching" or "releasing" while that call (and its ack) runs; else ""
 }
 
 // enqueue hands e to the channel's worker, starting one if needed. It
@@ -179,7 +180,9 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		log.Warn("not starting channel: the node's session is past its fence deadline (was this process paused?)")
 		return
 	}
-	log.Info("watching channel")
+	log.Debug("watching channel")
+	inc.setPhase(c, "watching")
+	defer inc.setPhase(c, "")
 	hb := &heartbeat{c: c, info: &info, last: &last, lost: func() {
 		log.Info("assignment changed while watching; cancelling")
 		inc.mu.Lock()
@@ -304,12 +307,14 @@ func (inc *incarnation) releaseLocal(c *channel, why string, hb *heartbeat) erro
 	inc.mu.Unlock()
 	rctx, rcancel := context.WithCancel(context.WithValue(inc.relCtx, callKey{}, ci))
 	defer rcancel()
+	prev := inc.setPhase(c, "releasing")
 	err := inc.runCall(rctx, rcancel, "Release", c.name, func(ctx context.Context) error {
 		return inc.n.h.Release(ctx, c.name)
 	}, hb, inc.log.With(zap.String("channel", c.name)))
 	inc.mu.Lock()
 	c.watched = false
 	c.held = err != nil // a failed Release is retried before the next Watch
+	c.phase = prev
 	inc.mu.Unlock()
 	inc.n.setUnreleased(c.name, err != nil) // ... of this incarnation or a later one
 	if err != nil {
@@ -318,6 +323,15 @@ func (inc *incarnation) releaseLocal(c *channel, why string, hb *heartbeat) erro
 		inc.log.Info("channel stopped", zap.String("channel", c.name), zap.String("why", why))
 	}
 	return err
+}
+
+// setPhase sets c's phase and returns the previous one.
+func (inc *incarnation) setPhase(c *channel, phase string) string {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	prev := c.phase
+	c.phase = phase
+	return prev
 }
 
 // cas writes info to c's key if its mod revision is still last, retrying
