@@ -175,7 +175,7 @@ func (n *Node) retryReleases(ctx context.Context) {
 			n.log.Warn("release retry failed; the channel is released again before its next watch",
 				zap.String("channel", name), zap.Error(err))
 		} else {
-			n.log.Info("channel stopped", zap.String("channel", name), zap.String("why", "release retried after session loss"))
+			n.log.Debug("channel stopped", zap.String("channel", name), zap.String("why", "release retried after session loss"))
 		}
 	}
 }
