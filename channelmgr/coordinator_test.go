@@ -2,12 +2,13 @@ package channelmgr
 
 import (
 	"errors"
-	"github.com/chanwatch/chanwatch/kv"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
 )
 
@@ -116,6 +117,9 @@ func TestNodeDeathReassigns(t *testing.T) {
 	if moved != onDead || len(revs) != 1 {
 		t.Fatalf("%d of %d channels moved, in txns %v; want all in one txn", moved, onDead, revs)
 	}
+	if n := testutil.ToFloat64(c.m.moves.WithLabelValues("failover")); n != float64(onDead) {
+		t.Fatalf("moves_started_total{reason=failover} = %v, want %d", n, onDead)
+	}
 	counts := h.counts()
 	if d := counts[ns[1].id] - counts[ns[2].id]; d > 1 || d < -1 {
 		t.Fatalf("survivors unbalanced: %v", counts)
@@ -143,6 +147,9 @@ func TestLastNodeDiesThenNewNodes(t *testing.T) {
 	rem, err := Remaining(h.ctx, h.kv)
 	if err != nil || len(rem) != len(chs) {
 		t.Fatalf("Remaining = %d channels, %v", len(rem), err)
+	}
+	if n := testutil.ToFloat64(c.m.moves.WithLabelValues("failover")); n != float64(len(chs)) {
+		t.Fatalf("moves_started_total{reason=failover} = %v, want %d (to remaining counts too)", n, len(chs))
 	}
 	// Two nodes join together: the remaining channels spread over both.
 	ns := h.addNodes(2)

@@ -713,6 +713,9 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
 	u.done = append(u.done, func(rev int64) {
 		rt.target, rt.placedOn = 0, target
+		if pl.dead {
+			m.moves.WithLabelValues("failover").Inc()
+		}
 		fields := []zap.Field{zap.String("channel", ch), zap.Int64("node", target), zap.Int64("revision", rev)}
 		if from >= 0 {
 			fields = append(fields, zap.Int64("from", from))

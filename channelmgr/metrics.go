@@ -12,7 +12,7 @@ import (
 // from start, at zero, so an alert can match it (rate() of a series that
 // appears with its first increment misses that increment).
 var (
-	moveReasons     = []string{"balance", "drain", "watch_timeout", "watch_failure", "deregistered", "duplicate", "corrupt"}
+	moveReasons     = []string{"balance", "drain", "failover", "watch_timeout", "watch_failure", "deregistered", "duplicate", "corrupt"}
 	timeoutKinds    = []string{"watch", "release"}
 	txnResults      = []string{"ok", "conflict", "too_large", "error"}
 	corruptPrefixes = []string{"registry", "session", "channel", "control"}
@@ -58,7 +58,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		tooLarge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels_too_large",
 			Help: "Channels whose next write does not fit in one txn of the backend (MaxTxnBytes, MaxTxnOps): held, not sent; the log names them."}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "moves_started_total",
-			Help: "Channels the leader started to take off a node, by reason (balance, drain, watch_timeout, watch_failure, deregistered, duplicate, corrupt)."},
+			Help: "Channels the leader started to take off a node, by reason (balance, drain, failover: the node's session is gone and the channel was written to another node or to remaining at once, " +
+				"watch_timeout, watch_failure, deregistered, duplicate, corrupt)."},
 			[]string{"reason"}),
 		placed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "placements_total",
 			Help: "ToWatch assignments written (new channels, moves finished, failover)."}),

@@ -161,3 +161,18 @@ func TestTruncateError(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownState: the zero State is Unknown, named like the other
+// states; StateUnknown stays as its deprecated alias.
+func TestUnknownState(t *testing.T) {
+	var zero State
+	if zero != Unknown || Unknown.String() != "Unknown" || Unknown.Valid() {
+		t.Fatalf("zero State %v (valid %v): want Unknown, not valid", zero, zero.Valid())
+	}
+	if StateUnknown != Unknown { //nolint:staticcheck // the deprecated alias must keep its value
+		t.Fatal("StateUnknown is not Unknown")
+	}
+	if s, err := ParseState("Bogus"); s != Unknown || err == nil {
+		t.Fatalf("ParseState(Bogus) = %v, %v", s, err)
+	}
+}

@@ -11,7 +11,9 @@ type State int
 // States. The coordinator writes ToWatch and ToRelease; the node answers
 // with Watched or WatchFailure, and Released or ReleaseFailure.
 const (
-	StateUnknown State = iota
+	// Unknown: the zero State, never written; a value that does not
+	// decode has no state.
+	Unknown State = iota
 	// ToWatch: assigned, the node should start the channel (the MEP's
 	// Unwatched, Milvus's Uncomplete).
 	ToWatch
@@ -26,6 +28,11 @@ const (
 	// ReleaseFailure: the node could not stop it cleanly.
 	ReleaseFailure
 )
+
+// StateUnknown is the old name of Unknown.
+//
+// Deprecated: use Unknown, named like the other states.
+const StateUnknown = Unknown
 
 var stateNames = [...]string{"Unknown", "ToWatch", "Watched", "WatchFailure", "ToRelease", "Released", "ReleaseFailure"}
 
@@ -58,7 +65,7 @@ func ParseState(name string) (State, error) {
 	if s, ok := legacyStates[name]; ok {
 		return s, nil
 	}
-	return StateUnknown, fmt.Errorf("%w: unknown state %q", ErrCorruptValue, name)
+	return Unknown, fmt.Errorf("%w: unknown state %q", ErrCorruptValue, name)
 }
 
 // MarshalJSON writes the state's name.

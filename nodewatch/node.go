@@ -12,6 +12,7 @@ import (
 	"github.com/chanwatch/chanwatch/meta"
 	"github.com/chanwatch/chanwatch/session"
 	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -44,6 +45,7 @@ type config struct {
 	log        *zap.Logger
 	addr       string
 	version    string
+	reg        prometheus.Registerer
 }
 
 // WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
@@ -96,6 +98,13 @@ func WithAddr(addr string) Option { return func(c *config) { c.addr = addr } }
 
 // WithVersion sets the version published in the node's session key.
 func WithVersion(v string) Option { return func(c *config) { c.version = v } }
+
+// WithRegisterer registers the node's metrics (chanwatch_node_channels by
+// state, chanwatch_node_session_up, chanwatch_node_id) with r (default nil:
+// no metrics). New fails if registration does, e.g. for a second Node on
+// the same Registerer: wrap it with prometheus.WrapRegistererWith to tell
+// them apart.
+func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c.reg = r } }
 
 // Node is one worker node: it registers, watches its assignments and runs
 // a Handler for each. Create it with New, run it with Run. Methods are
@@ -166,7 +175,7 @@ func (n *Node) retryReleases(ctx context.Context) {
 			n.log.Warn("release retry failed; the channel is released again before its next watch",
 				zap.String("channel", name), zap.Error(err))
 		} else {
-			n.log.Info("channel stopped", zap.String("channel", name), zap.String("why", "release retried after session loss"))
+			n.log.Debug("channel stopped", zap.String("channel", name), zap.String("why", "release retried after session loss"))
 		}
 	}
 }
@@ -184,14 +193,20 @@ func New(b kv.Backend, h Handler, opts ...Option) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{
+	n := &Node{
 		b:       b,
 		h:       h,
 		cfg:     cfg,
 		log:     cfg.log,
 		runDone: make(chan struct{}),
 		stopCh:  make(chan struct{}),
-	}, nil
+	}
+	if cfg.reg != nil {
+		if err := cfg.reg.Register(newCollector(n)); err != nil {
+			return nil, fmt.Errorf("nodewatch: register metrics: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // ValidateOptions returns the error New would return for opts (wrapping

@@ -203,7 +203,7 @@ func (inc *incarnation) beat(hb *heartbeat, log *zap.Logger) {
 	case err != nil:
 		log.Info("progress heartbeat failed", zap.Error(err))
 	case !ok:
-		log.Info("assignment changed while the handler ran; progress heartbeats stop")
+		log.Debug("assignment changed while the handler ran; progress heartbeats stop")
 		hb.gone = true
 		if hb.lost != nil {
 			hb.lost()

@@ -49,6 +49,7 @@ type channel struct {
 	seen    int64              // the key's newest mod revision handled or written
 	info    meta.ChannelInfo   // what the last Watch got (for Release's Assignment)
 	hasInfo bool
+	phase   string // "watching" or "releasing" while that call (and its ack) runs; else ""
 }
 
 // enqueue hands e to the channel's worker, starting one if needed. It
@@ -179,9 +180,11 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		log.Warn("not starting channel: the node's session is past its fence deadline (was this process paused?)")
 		return
 	}
-	log.Info("watching channel")
+	log.Debug("watching channel")
+	inc.setPhase(c, "watching")
+	defer inc.setPhase(c, "")
 	hb := &heartbeat{c: c, info: &info, last: &last, lost: func() {
-		log.Info("assignment changed while watching; cancelling")
+		log.Debug("assignment changed while watching; cancelling")
 		inc.mu.Lock()
 		if c.cancel != nil {
 			c.cancel()
@@ -197,7 +200,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 	if err == nil {
 		ack.State, ack.LastError = meta.Watched, ""
 	} else {
-		log.Warn("watch failed", zap.Error(err))
+		log.Debug("watch failed", zap.Error(err))
 		// Clean up first: the coordinator may move the channel as soon as
 		// it reads WatchFailure.
 		inc.releaseLocal(c, "watch failed", &heartbeat{c: c, info: &info, last: &last})
@@ -205,7 +208,7 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		ack.State, ack.LastError, ack.FailedNode = meta.WatchFailure, meta.TruncateError(err.Error()), inc.id
 	}
 	if !inc.cas(c, last, ack, log) {
-		log.Info("watch acknowledgement rejected: the coordinator moved on; releasing")
+		log.Debug("watch acknowledgement rejected: the coordinator moved on; releasing")
 		inc.releaseLocal(c, "acknowledgement rejected", nil)
 		return
 	}
@@ -213,7 +216,6 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		inc.mu.Lock()
 		c.watched = true
 		inc.mu.Unlock()
-		log.Info("channel watched", zap.Int64("assign_revision", info.AssignRevision))
 	}
 }
 
@@ -268,7 +270,7 @@ func (inc *incarnation) runWatch(actx context.Context, c *channel, hb *heartbeat
 // release answers a ToRelease.
 func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 	info, last := e.info, e.rev
-	err := inc.releaseLocal(c, "coordinator asked", &heartbeat{c: c, info: &info, last: &last})
+	err := inc.releaseLocal(c, whyAsked, &heartbeat{c: c, info: &info, last: &last})
 	ack := info
 	if err == nil {
 		// LastError stays: it is why the channel is being released (a
@@ -279,11 +281,13 @@ func (inc *incarnation) release(c *channel, e event, log *zap.Logger) {
 		ack.State, ack.LastError = meta.ReleaseFailure, meta.TruncateError(err.Error())
 	}
 	if !inc.cas(c, last, ack, log) {
-		log.Info("release acknowledgement rejected: the coordinator moved on")
-		return
+		log.Debug("release acknowledgement rejected: the coordinator moved on")
 	}
-	log.Info("channel released", zap.Stringer("state", ack.State))
 }
+
+// whyAsked is releaseLocal's why for a ToRelease: its outcome is
+// reported (Released, ReleaseFailure) and logged then.
+const whyAsked = "coordinator asked"
 
 // releaseLocal ends the current assignment: cancel its ctx, then Release
 // if Watch was called and Release has not succeeded since. It writes
@@ -304,20 +308,35 @@ func (inc *incarnation) releaseLocal(c *channel, why string, hb *heartbeat) erro
 	inc.mu.Unlock()
 	rctx, rcancel := context.WithCancel(context.WithValue(inc.relCtx, callKey{}, ci))
 	defer rcancel()
+	prev := inc.setPhase(c, "releasing")
 	err := inc.runCall(rctx, rcancel, "Release", c.name, func(ctx context.Context) error {
 		return inc.n.h.Release(ctx, c.name)
 	}, hb, inc.log.With(zap.String("channel", c.name)))
 	inc.mu.Lock()
 	c.watched = false
 	c.held = err != nil // a failed Release is retried before the next Watch
+	c.phase = prev
 	inc.mu.Unlock()
 	inc.n.setUnreleased(c.name, err != nil) // ... of this incarnation or a later one
-	if err != nil {
+	switch {
+	case err != nil && why != whyAsked:
+		// Not reported as ReleaseFailure: this line is the only trace.
 		inc.log.Warn("release failed", zap.String("channel", c.name), zap.String("why", why), zap.Error(err))
-	} else {
-		inc.log.Info("channel stopped", zap.String("channel", c.name), zap.String("why", why))
+	case err != nil:
+		inc.log.Debug("release failed", zap.String("channel", c.name), zap.String("why", why), zap.Error(err))
+	default:
+		inc.log.Debug("channel stopped", zap.String("channel", c.name), zap.String("why", why))
 	}
 	return err
+}
+
+// setPhase sets c's phase and returns the previous one.
+func (inc *incarnation) setPhase(c *channel, phase string) string {
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	prev := c.phase
+	c.phase = phase
+	return prev
 }
 
 // cas writes info to c's key if its mod revision is still last, retrying
@@ -332,12 +351,14 @@ func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *
 		switch {
 		case err == nil && ok:
 			c.seen = max(c.seen, rev)
+			reported(log, info)
 			return true
 		case err == nil:
 			// An earlier attempt whose outcome was unknown may have landed.
 			if ambiguous && cur != nil {
 				if val, _ := meta.EncodeChannelInfo(info); bytes.Equal(cur.Value, val) {
 					c.seen = max(c.seen, cur.ModRevision)
+					reported(log, info)
 					return true
 				}
 			}
@@ -365,6 +386,25 @@ func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *
 			return false
 		}
 	}
+}
+
+// reported logs, at info, the one line of a state change the node
+// reported (every other per-channel line is at debug).
+func reported(log *zap.Logger, info meta.ChannelInfo) {
+	msg := map[meta.State]string{
+		meta.Watched:        "channel watched",
+		meta.WatchFailure:   "channel watch failed",
+		meta.Released:       "channel released",
+		meta.ReleaseFailure: "channel release failed",
+	}[info.State]
+	if msg == "" {
+		msg = "channel state reported"
+	}
+	fields := []zap.Field{zap.Stringer("state", info.State), zap.Int64("assign_revision", info.AssignRevision)}
+	if info.State == meta.WatchFailure || info.State == meta.ReleaseFailure {
+		fields = append(fields, zap.String("last_error", info.LastError))
+	}
+	log.Info(msg, fields...)
 }
 
 // errTextDropped replaces a LastError whose acknowledgement the store

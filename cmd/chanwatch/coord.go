@@ -87,6 +87,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
+			lg.Info("coordinator stopped", zap.String("id", coord.ID()))
 			return nil
 		},
 	}

@@ -150,7 +150,7 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 	coordAddr, nodeAddr := freeAddr(t), freeAddr(t)
 	start("coord", "--http", coordAddr, "--session-ttl", "2s", "--node-ttl", "2s")
 	start("node", "--http", nodeAddr, "--session-ttl", "2s")
-	if out, err := exec.Command(bin, append([]string{"register", "--collection", "1", "deploy-ch-0"}, common...)...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, append([]string{"register", "--create", "--collection", "1", "deploy-ch-0"}, common...)...).CombinedOutput(); err != nil {
 		t.Fatalf("register: %v\n%s", err, out)
 	}
 
@@ -159,6 +159,8 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	// The node daemon exports its own state too (nodewatch.WithRegisterer).
+	nodeOwn := []string{"chanwatch_node_channels", "chanwatch_node_session_up", "chanwatch_node_id"}
 	var missing []string
 	for {
 		exported := map[string]bool{}
@@ -169,11 +171,19 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 			}
 			for f := range fams {
 				exported[f] = true
+				if addr == nodeAddr {
+					exported["node:"+f] = true
+				}
 			}
 		}
 		missing = missing[:0]
 		for m := range refs {
 			if !exported[m] {
+				missing = append(missing, m)
+			}
+		}
+		for _, m := range nodeOwn {
+			if !exported["node:"+m] {
 				missing = append(missing, m)
 			}
 		}

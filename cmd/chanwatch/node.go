@@ -133,7 +133,10 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 				running: map[string]int64{},
 				watches: prometheus.NewCounter(prometheus.CounterOpts{Name: "chanwatch_node_watches_total", Help: "Handler Watch calls."}),
 				fails:   prometheus.NewCounter(prometheus.CounterOpts{Name: "chanwatch_node_watch_failures_total", Help: "Handler Watch failures."}),
-				latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chanwatch_node_handler_seconds", Help: "Handler latency by call."}, []string{"call"}),
+				latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chanwatch_node_handler_seconds", Help: "Time the node's handler took for one call, by call (watch, release)."}, []string{"call"}),
+			}
+			for _, c := range []string{"watch", "release"} {
+				h.latency.WithLabelValues(c)
 			}
 			reg.MustRegister(h.watches, h.fails, h.latency)
 			runCtx, cancel := context.WithCancel(ctx)
@@ -148,7 +151,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 			if addr == "" {
 				addr = served
 			}
-			opts = append(opts, nodewatch.WithAddr(addr))
+			opts = append(opts, nodewatch.WithAddr(addr), nodewatch.WithRegisterer(reg))
 			node, err := nodewatch.New(b, h, opts...)
 			if err != nil {
 				return usagef("%v", err)
