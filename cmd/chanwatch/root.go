@@ -321,7 +321,10 @@ func (g *globalFlags) connect(ctx context.Context, lg *zap.Logger) (kv.Backend, 
 	}
 	pctx, cancel := context.WithTimeout(ctx, g.dialTimeout)
 	defer cancel()
-	if _, _, err := b.Get(pctx, "session/node-id"); err != nil && !errors.Is(err, kv.ErrKeyNotFound) {
+	// etcd may be starting (a guide pasted in one go): retry an unreachable
+	// endpoint until the dial timeout, as etcdctl waits for its dial.
+	err = probe(pctx, b)
+	if err != nil && !errors.Is(err, kv.ErrKeyNotFound) {
 		b.Close()
 		cli.Close()
 		switch {
@@ -335,6 +338,24 @@ func (g *globalFlags) connect(ctx context.Context, lg *zap.Logger) (kv.Backend, 
 		}
 	}
 	return b, func() { b.Close(); cli.Close() }, nil
+}
+
+// probe reads one key, retrying while the backend is unreachable, until ctx
+// ends; it returns the last error.
+func probe(ctx context.Context, b kv.Backend) error {
+	for {
+		_, _, err := b.Get(ctx, "session/node-id")
+		if err == nil || !errors.Is(err, kv.ErrUnavailable) || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // diagnose finds why etcd did not answer, for the first endpoint it can
