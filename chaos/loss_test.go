@@ -203,12 +203,9 @@ func noLossTest(t *testing.T, w *world, steps int) {
 			i := rng.IntN(len(registered))
 			ch := registered[i]
 			r.note("step %d: deregister %s", step, ch)
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := channelmgr.Deregister(dctx, w.obs, ch)
-			cancel()
-			if err != nil {
-				t.Fatalf("deregister %s: %v", ch, err)
-			}
+			retryIdempotent(t, "deregister "+ch, channelmgr.ErrNotRegistered, func(ctx context.Context) error {
+				return channelmgr.Deregister(ctx, w.obs, ch)
+			})
 			registered = slices.Delete(registered, i, i+1)
 		}
 	}

@@ -527,12 +527,43 @@ func awaitConvergence(t testing.TB, r *report, b kv.KV, nodes []*member, l *ledg
 
 func registerChannels(t testing.TB, b kv.KV, names ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for _, ch := range names {
-		err := channelmgr.Register(ctx, b, meta.ChannelSpec{Name: ch, CollectionID: int64(len(ch))})
-		if err != nil && !errors.Is(err, channelmgr.ErrAlreadyRegistered) {
-			t.Fatalf("register %s: %v", ch, err)
+		retryIdempotent(t, "register "+ch, channelmgr.ErrAlreadyRegistered, func(ctx context.Context) error {
+			return channelmgr.Register(ctx, b, meta.ChannelSpec{Name: ch, CollectionID: int64(len(ch))})
+		})
+	}
+}
+
+// retryIdempotent runs one of a test's own writes, retrying what a store
+// with faults in flight answers (an unknown outcome when a raft leader is
+// killed under a forwarded txn, no leader for a moment) for up to 30 s.
+// done after an unknown outcome means the earlier attempt landed (already
+// registered counts as success always, as before). A write of the test is
+// not what these tests check.
+func retryIdempotent(t testing.TB, what string, done error, f func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	unknown := false
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f(actx)
+		acancel()
+		switch {
+		case err == nil, errors.Is(err, done) && (unknown || done == channelmgr.ErrAlreadyRegistered):
+			return
+		case (errors.Is(err, kv.ErrUnknownOutcome) || errors.Is(err, kv.ErrUnavailable) ||
+			errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil:
+			unknown = unknown || !errors.Is(err, kv.ErrUnavailable)
+			t.Logf("%s: %v; retrying", what, err)
+			timer := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+			}
+		default:
+			t.Fatalf("%s: %v", what, err)
 		}
 	}
 }
