@@ -388,6 +388,21 @@ func (n *Node) watchLeadership() {
 	}
 }
 
+// futureError waits for f, or for the node to close: raft does not answer
+// a future still queued when it shuts down, so a goroutine of the node
+// waiting on one would keep Close (which waits for them) from returning.
+// The helper goroutine may stay blocked; it is one per closed node at most.
+func (n *Node) futureError(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.ctx.Done():
+		return kv.ErrClosed
+	}
+}
+
 // lead is the leader's work for one term: apply a barrier entry, so that
 // the commit index covers all earlier terms and the FSM holds every lease;
 // give every lease a full TTL from now, as etcd does; then expire leases
@@ -402,8 +417,7 @@ func (n *Node) lead(term uint64) {
 		if !stillLeading() {
 			return
 		}
-		f := n.raft.Apply(command{Op: opBarrier}.encode(), n.o.requestTimeout)
-		err := f.Error()
+		err := n.futureError(n.raft.Apply(command{Op: opBarrier}.encode(), n.o.requestTimeout))
 		if err == nil {
 			break
 		}
