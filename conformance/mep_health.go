@@ -39,8 +39,10 @@ func (m *mep) healthWindow() time.Duration { return 120 * m.tm.check }
 
 // maxProbeMoves bounds the channels sent to a node that fails every Watch
 // in healthWindow: the balancer's first moves onto the empty node (up to
-// its moves in flight, 8), then one probe per quarantine.
-const maxProbeMoves = channelmgr.DefaultMaxMovesInFlight + 6
+// its moves in flight, 8, and on a loaded real-time store a second round
+// before the third failure is seen), then one probe per quarantine (about
+// 5). Without quarantine the same window sends over a thousand.
+const maxProbeMoves = 2*channelmgr.DefaultMaxMovesInFlight + 6
 
 // mepFailingNodeQuarantined: one node of five fails every Watch. The
 // cluster settles with every channel Watched on the four healthy nodes,
