@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,6 +145,20 @@ func heapAlloc() uint64 {
 	return ms.HeapAlloc
 }
 
+// writeHeapProfile writes the live heap's profile (pprof "heap", in-use
+// space as of the last collection) to path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: heap profile: %w", err)
+	}
+	return f.Close()
+}
+
 // coldStart loads channels on nodes into a fresh root, lists it raw (the
 // baseline), then starts a coordinator and times it until it leads with a
 // reconciled view, measuring its heap: B3's and B5's results at once.
@@ -197,6 +213,11 @@ func coldStart(ctx context.Context, e *Env, channels, nodes, payload int) (recov
 		return
 	}
 	heap1 := heapAlloc()
+	if e.opts.HeapProfile != "" {
+		if err = writeHeapProfile(e.opts.HeapProfile); err != nil {
+			return
+		}
+	}
 	runtime.KeepAlive(co)
 
 	recovery.ChanwatchS, recovery.BaselineS = cold.Seconds(), took.Seconds()

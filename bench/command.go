@@ -33,6 +33,7 @@ func NewCommand() *cobra.Command {
 		noFsync    bool
 		timeout    time.Duration
 		cpuProfile string
+		memProfile string
 		verbose    bool
 	)
 	cmd := &cobra.Command{
@@ -50,7 +51,7 @@ func NewCommand() *cobra.Command {
 		},
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts := Options{Scale: scale, Root: root, EtcdBinary: etcdBin, UnsafeNoFsync: noFsync, Timeout: timeout}
+			opts := Options{Scale: scale, Root: root, EtcdBinary: etcdBin, UnsafeNoFsync: noFsync, Timeout: timeout, HeapProfile: memProfile}
 			if quick {
 				if cmd.Flags().Changed("scale") {
 					return errors.New("--quick and --scale go one at a time")
@@ -118,6 +119,7 @@ func NewCommand() *cobra.Command {
 	f.BoolVar(&noFsync, "unsafe-no-fsync", false, "turn fsync off in every store (faster on slow disks; not production-like)")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up a scenario after this long")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write a heap profile (in-use space) to this file when B5 measures the coordinator's heap")
 	f.BoolVarP(&verbose, "verbose", "v", false, "print each step to stderr as it runs")
 	return cmd
 }

@@ -52,6 +52,10 @@ type Options struct {
 	Progress io.Writer
 	// Timeout bounds each scenario (default 10m).
 	Timeout time.Duration
+	// HeapProfile, when set, is the file B5 writes a heap profile to at the
+	// moment it measures the coordinator's live heap (in-use space, after
+	// two collections); the bench process's embedded etcd is in it too.
+	HeapProfile string
 }
 
 func (o *Options) fill() error {
