@@ -154,13 +154,25 @@ func (k *KV) Close() error {
 	return nil
 }
 
+// relative returns an etcd key relative to the root, as a new string of
+// just that part. A key outside the root (never sent by etcd for our
+// ranges) is returned whole.
+func (k *KV) relative(key []byte) string {
+	if len(key) >= len(k.prefix) && string(key[:len(k.prefix)]) == k.prefix {
+		return string(key[len(k.prefix):])
+	}
+	return string(key)
+}
+
 // full returns the etcd key for a key or prefix relative to the root.
 func (k *KV) full(key string) string { return k.prefix + key }
 
 // keyValue converts an etcd key-value to the contract's, relative to the root.
+// The key is copied without the root prefix, so a caller that keeps keys
+// (a coordinator's view of 200,000 of them) does not keep the prefix too.
 func (k *KV) keyValue(ekv *mvccpb.KeyValue) kv.KeyValue {
 	return kv.KeyValue{
-		Key:            strings.TrimPrefix(string(ekv.Key), k.prefix),
+		Key:            k.relative(ekv.Key),
 		Value:          ekv.Value,
 		CreateRevision: ekv.CreateRevision,
 		ModRevision:    ekv.ModRevision,
