@@ -198,16 +198,14 @@ func (r *reconciler) rank(k *keyEntry) int {
 	return 5
 }
 
-func (r *reconciler) pickPrimary(keys map[string]*keyEntry) (*keyEntry, []*keyEntry) {
+func (r *reconciler) pickPrimary(keys []*keyEntry) (*keyEntry, []*keyEntry) {
 	switch len(keys) {
 	case 0:
 		return nil, nil
 	case 1:
-		for _, k := range keys {
-			return k, nil
-		}
+		return keys[0], nil
 	}
-	all := slices.Collect(maps.Values(keys))
+	all := slices.Clone(keys)
 	slices.SortFunc(all, func(a, b *keyEntry) int {
 		if c := cmp.Compare(r.rank(a), r.rank(b)); c != 0 {
 			return c
@@ -280,7 +278,7 @@ func (r *reconciler) decide(now time.Time) *plan {
 		}
 	}
 	for key := range r.timers {
-		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.keys[ch][key] == nil {
+		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.key(ch, key) == nil {
 			delete(r.timers, key)
 		}
 	}

@@ -3,6 +3,7 @@ package channelmgr
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,8 +18,11 @@ type view struct {
 	rev      int64
 	registry map[string]*regEntry
 	nodes    map[int64]*nodeEntry
-	keys     map[string]map[string]*keyEntry // channel -> key -> assignment
-	paused   bool
+	// keys holds each channel's assignment keys, usually one: a slice,
+	// not a map, costs 8 bytes a key where a map costs hundreds.
+	keys map[string][]*keyEntry
+
+	paused bool
 	// quarantine is control/quarantine/<id>: what the leader published.
 	quarantine map[int64]*quarantineEntry
 }
@@ -65,11 +69,49 @@ type keyEntry struct {
 	corrupt   bool
 }
 
+// key returns channel ch's assignment key (nil: not in the view).
+func (v *view) key(ch, key string) *keyEntry {
+	for _, e := range v.keys[ch] {
+		if e.key == key {
+			return e
+		}
+	}
+	return nil
+}
+
+// putKey adds or replaces e among its channel's keys.
+func (v *view) putKey(ch string, e *keyEntry) {
+	ks := v.keys[ch]
+	for i, old := range ks {
+		if old.key == e.key {
+			ks[i] = e
+			return
+		}
+	}
+	v.keys[ch] = append(ks, e)
+}
+
+// dropKey removes key from channel ch's keys.
+func (v *view) dropKey(ch, key string) {
+	ks := v.keys[ch]
+	for i, e := range ks {
+		if e.key == key {
+			ks = slices.Delete(ks, i, i+1)
+			break
+		}
+	}
+	if len(ks) == 0 {
+		delete(v.keys, ch)
+		return
+	}
+	v.keys[ch] = ks
+}
+
 func newView() view {
 	return view{
 		registry: map[string]*regEntry{},
 		nodes:    map[int64]*nodeEntry{},
-		keys:     map[string]map[string]*keyEntry{},
+		keys:     map[string][]*keyEntry{},
 
 		quarantine: map[int64]*quarantineEntry{},
 	}
@@ -132,12 +174,7 @@ func (r *reconciler) apply(ev kv.Event) {
 			return
 		}
 		if !put {
-			if m := v.keys[ch]; m != nil {
-				delete(m, key)
-				if len(m) == 0 {
-					delete(v.keys, ch)
-				}
-			}
+			v.dropKey(ch, key)
 			return
 		}
 		e := &keyEntry{key: key, node: node, ch: ch, modRev: kvp.ModRevision, createRev: kvp.CreateRevision}
@@ -148,10 +185,7 @@ func (r *reconciler) apply(ev kv.Event) {
 		} else {
 			e.info = info
 		}
-		if v.keys[ch] == nil {
-			v.keys[ch] = map[string]*keyEntry{}
-		}
-		v.keys[ch][key] = e
+		v.putKey(ch, e)
 	case key == meta.CoordinatorKey:
 		// Our own key: the session's monitor repairs an overwrite; count it.
 		if put {
