@@ -75,10 +75,25 @@ func (r *reconciler) pass(ctx context.Context) error {
 	if err := r.execute(ctx, p.units, now); err != nil {
 		return err
 	}
+	r.forgetIdle()
 	if r.c.onPass != nil {
 		r.c.onPass(now)
 	}
 	return nil
+}
+
+// forgetIdle drops the per-channel state that holds nothing: a zero
+// chanRT is what r.ch makes anew, and keeping one for each of 100,000
+// settled channels costs about 200 bytes each. It runs after the pass's
+// units have run, so no callback of theirs still holds a dropped one; a
+// unit whose outcome is unknown marks its channel uncertain, which is not
+// zero, so a resend's callbacks find theirs.
+func (r *reconciler) forgetIdle() {
+	for ch, rt := range r.chans {
+		if *rt == (chanRT{}) {
+			delete(r.chans, ch)
+		}
+	}
 }
 
 // live reports whether node id has a session key that is not marked
