@@ -1,6 +1,7 @@
 package channelmgr
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -144,6 +145,12 @@ func (r *reconciler) apply(ev kv.Event) {
 			v.registry[ch] = &regEntry{spec: meta.ChannelSpec{Name: ch}, modRev: kvp.ModRevision, corrupt: true}
 			return
 		}
+		if spec.Name == ch {
+			spec.Name = ch // one string, not two
+		}
+		for _, k := range v.keys[ch] {
+			k.info.Vchannel = share(k.info.Vchannel, spec.Vchannel)
+		}
 		v.registry[ch] = &regEntry{spec: spec, modRev: kvp.ModRevision}
 	case strings.HasPrefix(key, meta.NodeSessionPrefix):
 		id, err := meta.ParseNodeSessionKey(key)
@@ -183,6 +190,10 @@ func (r *reconciler) apply(ev kv.Event) {
 			r.bad("channel", key, kvp.ModRevision, err)
 			e.corrupt = true
 		} else {
+			info.Name = ch // equal (DecodeChannelInfo checks): one string, not two
+			if reg := v.registry[ch]; reg != nil {
+				info.Vchannel = share(info.Vchannel, reg.spec.Vchannel)
+			}
 			e.info = info
 		}
 		v.putKey(ch, e)
@@ -227,6 +238,17 @@ func (r *reconciler) apply(ev kv.Event) {
 				meta.ErrCorruptValue, key, truncate(kvp.Value, 64)))
 		}
 	}
+}
+
+// share returns spec when it holds the same bytes as b, else b: an
+// assignment's Vchannel is a copy of its spec's, and keeping one copy of
+// each payload halves what the view holds of them. Neither is ever
+// modified in place.
+func share(b, spec json.RawMessage) json.RawMessage {
+	if len(b) > 0 && bytes.Equal(b, spec) {
+		return spec
+	}
+	return b
 }
 
 // validFlag reports whether v is a well-formed control flag value: empty,
