@@ -229,20 +229,39 @@ func (r *reconciler) fold(evs []kv.Event) {
 	}
 }
 
+// listView replaces the view with a new one folded from a List of the
+// root, and returns how many keys it read. With a kv.Pager it folds each
+// page while the next is read; on an error the view is incomplete, and
+// the caller puts its old one back.
+func (r *reconciler) listView(ctx context.Context) (int, error) {
+	n := 0
+	r.v = newView()
+	_, err := kv.ListPages(ctx, r.b, "", func(page []kv.KeyValue, rev int64, restart bool) error {
+		if restart || r.v.rev != rev {
+			r.v, n = newView(), 0
+			r.v.rev = rev
+		}
+		for _, e := range page {
+			r.apply(kv.Event{Type: kv.EventPut, KV: e})
+		}
+		n += len(page)
+		return nil
+	})
+	return n, err
+}
+
 // relist replaces the view with one List of the root, retrying on the
 // check interval until it succeeds or ctx ends. Nodes that vanished
 // meanwhile are handled as deletions. Deadlines are kept: they belong to a
 // (key, mod revision), and a key the list shows unchanged has not answered.
 func (r *reconciler) relist(ctx context.Context) error {
 	for {
-		kvs, rev, err := r.b.List(ctx, "")
-		if err == nil {
-			old := r.v
-			r.v = newView()
-			r.v.rev = rev
-			for _, e := range kvs {
-				r.apply(kv.Event{Type: kv.EventPut, KV: e})
-			}
+		old := r.v
+		keys, err := r.listView(ctx)
+		if err != nil {
+			r.v = old
+		} else {
+			rev := r.v.rev
 			if old.rev == 0 {
 				// Our first view: take over what the last leader published.
 				for id, q := range r.v.quarantine {
@@ -261,7 +280,7 @@ func (r *reconciler) relist(ctx context.Context) error {
 					r.nodeGone(id, n)
 				}
 			}
-			r.log.Info("listed root", zap.Int64("revision", rev), zap.Int("keys", len(kvs)),
+			r.log.Info("listed root", zap.Int64("revision", rev), zap.Int("keys", keys),
 				zap.Int("registered", len(r.v.registry)), zap.Int("nodes", len(r.v.nodes)))
 			return nil
 		}

@@ -30,6 +30,41 @@ type KV interface {
 	MaxTxnBytes() int
 }
 
+// Pager is implemented by backends whose List reads in pages, so that a
+// caller with work to do per key (a coordinator decoding a root of 200,000
+// keys) can do it while the next page is read. It is optional: callers
+// fall back to List.
+type Pager interface {
+	// ListPages reads what List(ctx, prefix) reads and calls fn with each
+	// page, in key order, from one goroutine, while the next page is
+	// being read. Every page of an attempt is read at the revision fn is
+	// given. When the store compacts that revision before the last page,
+	// ListPages starts over at a newer one, as List does: fn then gets
+	// restart true with that attempt's first page and must drop what it
+	// was given before. It returns the revision of the attempt that
+	// finished. An error from fn ends the read and is returned as it is;
+	// after any error, what fn was given is incomplete. The pages are
+	// fn's to keep. On cancel it returns ctx's error and calls fn no more.
+	ListPages(ctx context.Context, prefix string, fn func(page []KeyValue, rev int64, restart bool) error) (int64, error)
+}
+
+// ListPages reads prefix from b page by page when b is a Pager (see
+// Pager.ListPages), and otherwise calls List and hands its result to fn as
+// one page.
+func ListPages(ctx context.Context, b KV, prefix string, fn func(page []KeyValue, rev int64, restart bool) error) (int64, error) {
+	if p, ok := b.(Pager); ok {
+		return p.ListPages(ctx, prefix, fn)
+	}
+	kvs, rev, err := b.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	if err := fn(kvs, rev, false); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
 // Watcher watches a prefix.
 type Watcher interface {
 	// Watch delivers the events on keys with prefix from fromRev on; see

@@ -75,3 +75,87 @@ func TestListFinishesUnderContinuousCompaction(t *testing.T) {
 	_, _, err = k.List(cctx, "k/")
 	isError(t, err, context.Canceled)
 }
+
+// ListPages hands over pages as they are read; a compaction between pages
+// starts the read over with restart set, and what fn keeps after the last
+// restart is exactly the prefix at the revision returned.
+func TestListPagesRestartsOnCompaction(t *testing.T) {
+	ctx := testContext(t)
+	c, err := srv.Client()
+	noError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	root := testRoot(t)
+	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
+	c.KV = ckv
+	k := newKVAt(t, c, root, etcdkv.WithListPageSize(4))
+	const keys = 50
+	var ops []kv.Op
+	for i := range keys {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
+	}
+	_, err = k.Txn(ctx, kv.Txn{Then: ops})
+	noError(t, err)
+
+	var got []kv.KeyValue
+	var pages, restarts int
+	var pageRev int64
+	rev, err := k.ListPages(ctx, "k/", func(page []kv.KeyValue, r int64, restart bool) error {
+		pages++
+		if restart {
+			restarts++
+			got = nil
+		} else if pageRev != 0 {
+			equal(t, pageRev, r, "every page of an attempt is read at one revision")
+		}
+		pageRev = r
+		got = append(got, page...)
+		return nil
+	})
+	noError(t, err)
+	equal(t, pageRev, rev, "the revision returned is the last attempt's")
+	equal(t, keys, len(got))
+	for i, x := range got {
+		equal(t, fmt.Sprintf("k/%04d", i), x.Key, "sorted by key")
+		isTrue(t, x.ModRevision <= rev, "mod revision %d above list revision %d", x.ModRevision, rev)
+	}
+	isTrue(t, restarts >= 3, "only %d restarts in %d pages: the test did not compact between pages", restarts, pages)
+
+	// An error from fn ends the read, as it is, with no further call.
+	stop := fmt.Errorf("stop here")
+	calls := 0
+	_, err = k.ListPages(ctx, "k/", func([]kv.KeyValue, int64, bool) error {
+		calls++
+		return stop
+	})
+	isError(t, err, stop)
+	equal(t, 1, calls)
+}
+
+// Without compaction, ListPages reads several pages, hands each over in
+// order, never with restart, all at one revision.
+func TestListPagesInOrder(t *testing.T) {
+	ctx := testContext(t)
+	k := newKV(t, etcdkv.WithListPageSize(3))
+	var ops []kv.Op
+	for i := range 10 {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+	}
+	_, err := k.Txn(ctx, kv.Txn{Then: ops})
+	noError(t, err)
+	var sizes []int
+	var keys []string
+	rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
+		isTrue(t, !restart, "restart without a compaction")
+		sizes = append(sizes, len(page))
+		for _, x := range page {
+			keys = append(keys, x.Key)
+		}
+		return nil
+	})
+	noError(t, err)
+	isTrue(t, rev > 0, "revision %d", rev)
+	equal(t, "[3 3 3 1]", fmt.Sprint(sizes), "page sizes")
+	for i, key := range keys {
+		equal(t, fmt.Sprintf("p/%04d", i), key, "sorted by key")
+	}
+}

@@ -115,6 +115,15 @@ func (s *backend) List(ctx context.Context, prefix string) ([]kv.KeyValue, int64
 	return v, rev, err
 }
 
+// ListPages passes the pages of the wrapped backend through (see
+// kv.ListPages), measured as one "list".
+func (s *backend) ListPages(ctx context.Context, prefix string, fn func(page []kv.KeyValue, rev int64, restart bool) error) (int64, error) {
+	start := time.Now()
+	rev, err := kv.ListPages(ctx, s.b, prefix, fn)
+	s.observe("list", start, err)
+	return rev, err
+}
+
 func (s *backend) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	start := time.Now()
 	r, err := s.b.Txn(ctx, t)

@@ -61,3 +61,63 @@ func TestWrapCountsOpsAndErrors(t *testing.T) {
 		t.Fatal("registering twice on one registry succeeded")
 	}
 }
+
+// pagedKV is a backend that is a kv.Pager: two pages per List.
+type pagedKV struct {
+	kv.Backend
+	pages int
+}
+
+func (p *pagedKV) ListPages(ctx context.Context, prefix string, fn func([]kv.KeyValue, int64, bool) error) (int64, error) {
+	kvs, rev, err := p.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	half := len(kvs) / 2
+	for _, page := range [][]kv.KeyValue{kvs[:half], kvs[half:]} {
+		p.pages++
+		if err := fn(page, rev, false); err != nil {
+			return 0, err
+		}
+	}
+	return rev, nil
+}
+
+// The wrapper passes a Pager's pages through, and a backend that is not
+// one still reads as a single page.
+func TestWrapPassesPagesThrough(t *testing.T) {
+	ctx := context.Background()
+	m, err := kvstats.NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, paged := range []bool{false, true} {
+		var inner kv.Backend = memkv.New()
+		pk := &pagedKV{Backend: inner}
+		if paged {
+			inner = pk
+		}
+		b := kvstats.Wrap(inner, m)
+		for _, k := range []string{"p/1", "p/2", "p/3", "p/4"} {
+			if _, err := kv.Put(ctx, b, k, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var calls, keys int
+		if _, err := kv.ListPages(ctx, b, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
+			calls++
+			keys += len(page)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want := 1
+		if paged {
+			want = 2
+		}
+		if calls != want || keys != 4 || (paged && pk.pages != 2) {
+			t.Errorf("paged=%v: %d pages with %d keys (inner pages %d), want %d pages with 4 keys", paged, calls, keys, pk.pages, want)
+		}
+		b.Close()
+	}
+}
