@@ -114,14 +114,43 @@ func (r *reconciler) chRev(ch string) int64 {
 	return rev
 }
 
-// execute sends the pass's units.
+// txnsInFlight is how many of a pass's txns execute sends at once. Its
+// units are independent (one per channel, each with its own compares, all
+// under the leader guard), so their order does not matter; sending them
+// together lets the store commit them in one round (etcd batches the
+// proposals of concurrent requests into one raft entry batch and fsync).
+const txnsInFlight = 8
+
+// execute sends the pass's units, txnsInFlight txns at a time, and records
+// the outcomes in order, from this goroutine.
 func (r *reconciler) execute(ctx context.Context, units []*unit, now time.Time) error {
-	for _, b := range r.pack(units) {
-		if err := r.exec(ctx, b, now); err != nil {
-			return err
+	batches := r.pack(units)
+	for len(batches) > 0 {
+		group := batches[:min(txnsInFlight, len(batches))]
+		batches = batches[len(group):]
+		results := make([]txnResult, len(group))
+		if len(group) == 1 {
+			results[0].resp, results[0].err = r.txn(ctx, group[0].txn)
+		} else {
+			var wg sync.WaitGroup
+			for i, b := range group {
+				wg.Go(func() { results[i].resp, results[i].err = r.txn(ctx, b.txn) })
+			}
+			wg.Wait()
+		}
+		for i, b := range group {
+			if err := r.outcome(ctx, b, results[i], now); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// txnResult is the answer to one batch's txn.
+type txnResult struct {
+	resp kv.TxnResponse
+	err  error
 }
 
 // resend retries, unchanged, the batches whose outcome was unknown: the
@@ -188,7 +217,14 @@ func (r *reconciler) txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) 
 // an error only when the term must end: ctx done, backend closed, or the
 // txn showed that another coordinator leads.
 func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
-	resp, err := r.txn(ctx, b.txn)
+	var res txnResult
+	res.resp, res.err = r.txn(ctx, b.txn)
+	return r.outcome(ctx, b, res, now)
+}
+
+// outcome records the answer to batch b's txn on its channels; see exec.
+func (r *reconciler) outcome(ctx context.Context, b *batch, res txnResult, now time.Time) error {
+	resp, err := res.resp, res.err
 	m := r.c.m
 	switch {
 	case err != nil && ctx.Err() != nil:
