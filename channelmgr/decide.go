@@ -66,7 +66,9 @@ func (r *reconciler) pass(ctx context.Context) error {
 	if err := r.revokeLeases(ctx); err != nil {
 		return err
 	}
+	walk := time.Now()
 	p := r.decide(now)
+	r.lastDecide = time.Since(walk)
 	for _, e := range p.evictions {
 		if err := r.evict(ctx, e); err != nil {
 			return err

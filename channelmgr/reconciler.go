@@ -36,6 +36,7 @@ type reconciler struct {
 	badSeen    map[string]int64
 	timers     map[string]timer // by assignment key
 	retry      []*batch         // batches whose outcome is unknown, to resend as they are
+	lastDecide time.Duration    // how long the last pass's walk (decide) took: the fold window
 	refused    int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
 	// health is each node's record of failures (see health.go); byAddr
 	// carries a release quarantine over to a node's next session.
@@ -119,13 +120,10 @@ func (r *reconciler) run(ctx context.Context) error {
 	defer func() { wcancel() }()
 	var rewatch <-chan time.Time
 	failures := 0
-	var lastPass time.Duration
 	for {
-		start := time.Now()
 		if err := r.pass(ctx); err != nil {
 			return err
 		}
-		lastPass = time.Since(start)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -136,13 +134,16 @@ func (r *reconciler) run(ctx context.Context) error {
 		case resp, ok := <-wch:
 			// A pass walks every channel, so deciding after each small
 			// response would let a busy watch (thousands of acks) outrun
-			// the coordinator: keep folding for as long as the last pass
-			// took (capped), then decide once on the whole burst. The
-			// window is CPU time, not protocol time, so it runs on the real
-			// clock: a fake clock must not be able to stall it.
+			// the coordinator: keep folding for as long as the last pass's
+			// walk took (capped), then decide once on the whole burst. The
+			// window is the walk's CPU time, not the time its writes took
+			// (waiting on the store costs no CPU, and folding that long
+			// after a pass of 7,000 placements only delayed the next), nor
+			// protocol time, so it runs on the real clock: a fake clock
+			// must not be able to stall it.
 			var window <-chan time.Time
 			var windowTimer *time.Timer
-			if w := min(lastPass, maxFoldWindow); w > 0 {
+			if w := min(r.lastDecide, maxFoldWindow); w > 0 {
 				windowTimer = time.NewTimer(w)
 				window = windowTimer.C
 			}
