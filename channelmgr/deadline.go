@@ -22,9 +22,28 @@ func (r *reconciler) expired(key string, rev int64, d time.Duration, now time.Ti
 	t, ok := r.timers[key]
 	if !ok || t.rev != rev {
 		r.timers[key] = timer{rev: rev, armed: now, deadline: now.Add(d), d: d}
+		r.wakeAt(now.Add(d), now)
 		return false
 	}
-	return r.watchOK && !now.Before(t.deadline)
+	if now.Before(t.deadline) {
+		r.wakeAt(t.deadline, now)
+		return false
+	}
+	return r.watchOK
+}
+
+// wakeAt asks for a pass at t (on the reconciler's clock), when a decision
+// put off until then becomes due: without it, the decision waited for the
+// next check interval tick, up to a second late (a gone node's channels
+// moved up to a second after the node TTL). Times not after now, and
+// never, are ignored.
+func (r *reconciler) wakeAt(t, now time.Time) {
+	if !t.After(now) || t.Equal(never) {
+		return
+	}
+	if r.wake.IsZero() || t.Before(r.wake) {
+		r.wake = t
+	}
 }
 
 // viewStale records that the watch broke: from now on the view may miss

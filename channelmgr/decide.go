@@ -67,6 +67,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 		return err
 	}
 	walk := time.Now()
+	r.wake = time.Time{}
 	p := r.decide(now)
 	r.lastDecide = time.Since(walk)
 	for _, e := range p.evictions {
@@ -191,9 +192,12 @@ func (r *reconciler) goneWait(k *keyEntry, now time.Time) bool {
 		if from.Before(r.start) {
 			from = r.start
 		}
+		r.wakeAt(from.Add(r.nodeTTL(k.node)), now)
 		return now.Before(from.Add(r.nodeTTL(k.node)))
 	}
-	return now.Before(r.movableAt(k.node))
+	at := r.movableAt(k.node)
+	r.wakeAt(at, now)
+	return now.Before(at)
 }
 
 // rank orders a channel's keys when it has more than one (never made by
@@ -451,6 +455,7 @@ func (r *reconciler) inBackoff(rt *chanRT, k *keyEntry, now time.Time) bool {
 	if rt.backoffRev != k.modRev {
 		rt.backoffRev, rt.notBefore = k.modRev, now.Add(r.cfg.backoff(k.info.Attempts))
 	}
+	r.wakeAt(rt.notBefore, now)
 	return now.Before(rt.notBefore)
 }
 

@@ -37,6 +37,7 @@ type reconciler struct {
 	timers     map[string]timer // by assignment key
 	retry      []*batch         // batches whose outcome is unknown, to resend as they are
 	lastDecide time.Duration    // how long the last pass's walk (decide) took: the fold window
+	wake       time.Time        // when the last pass's earliest put-off decision is due (zero: none)
 	refused    int              // > 0: pack keeps txns at or below it: the backend refused one of refused+1 bytes (see exec)
 	// health is each node's record of failures (see health.go); byAddr
 	// carries a release quarantine over to a node's next session.
@@ -120,13 +121,31 @@ func (r *reconciler) run(ctx context.Context) error {
 	defer func() { wcancel() }()
 	var rewatch <-chan time.Time
 	failures := 0
+	var wake clockwork.Timer
+	defer func() {
+		if wake != nil {
+			wake.Stop()
+		}
+	}()
 	for {
 		if err := r.pass(ctx); err != nil {
 			return err
 		}
+		// A decision put off until a known time (a gone node's fence, a
+		// backoff, a timeout) gets a pass of its own when it is due.
+		var wakeC <-chan time.Time
+		if wake != nil {
+			wake.Stop()
+			wake = nil
+		}
+		if !r.wake.IsZero() {
+			wake = r.clock.NewTimer(r.wake.Sub(r.clock.Now()))
+			wakeC = wake.Chan()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-wakeC:
 		case <-ticker.Chan():
 		case <-rewatch:
 			rewatch = nil
