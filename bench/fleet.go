@@ -49,6 +49,7 @@ type fleet struct {
 	leadingAt  time.Time
 	nodes      []*fnode
 	handler    func(idx int) nodewatch.Handler // nil: noop
+	hook       func(ch string, st meta.State, at time.Time)
 	wg         sync.WaitGroup
 	runCtx     context.Context
 	cancelRuns context.CancelFunc
@@ -68,10 +69,13 @@ func (e *Env) newFleet(ctx context.Context, root string, n int, copts ...channel
 	return e.newFleetWith(ctx, root, n, nil, copts...)
 }
 
-// newFleetWith is newFleet whose nodes run handler(i) (i: the node's index
-// in fleet.nodes; nil: the no-op handler).
-func (e *Env) newFleetWith(ctx context.Context, root string, n int, handler func(idx int) nodewatch.Handler, copts ...channelmgr.Option) (_ *fleet, err error) {
-	f := &fleet{e: e, root: root, handler: handler}
+// newFleetWith is newFleet whose nodes record their handler calls, and
+// whose tracker its observations, in rc (nil: the no-op handler).
+func (e *Env) newFleetWith(ctx context.Context, root string, n int, rc *recorder, copts ...channelmgr.Option) (_ *fleet, err error) {
+	f := &fleet{e: e, root: root}
+	if rc != nil {
+		f.handler, f.hook = rc.handler, rc.observe
+	}
 	f.runCtx, f.cancelRuns = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -81,7 +85,7 @@ func (e *Env) newFleetWith(ctx context.Context, root string, n int, handler func
 	if f.admin, err = e.open(root); err != nil {
 		return nil, err
 	}
-	if f.tr, err = startTracker(f.runCtx, f.admin); err != nil {
+	if f.tr, err = startTracker(f.runCtx, f.admin, f.hook); err != nil {
 		return nil, err
 	}
 	if f.coordProc, err = e.open(root); err != nil {

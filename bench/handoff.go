@@ -20,6 +20,35 @@ import (
 type recorder struct {
 	mu   sync.Mutex
 	runs map[string][]*run // by channel, in the order the Watches began
+	// seen is when the bench's own watcher received each Released and
+	// ToWatch put of a channel, in order: it splits a gap into the node's
+	// ack, the coordinator's reaction and the new node's start.
+	seen map[string][]seen
+}
+
+type seen struct {
+	st meta.State
+	at time.Time
+}
+
+// observe is the tracker's hook.
+func (rc *recorder) observe(ch string, st meta.State, at time.Time) {
+	if st != meta.Released && st != meta.ToWatch {
+		return
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.seen[ch] = append(rc.seen[ch], seen{st, at})
+}
+
+// firstAfter returns the first time ch was seen in st at or after t.
+func (rc *recorder) firstAfter(ch string, st meta.State, t time.Time) (time.Time, bool) {
+	for _, s := range rc.seen[ch] {
+		if s.st == st && !s.at.Before(t) {
+			return s.at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // run is one node's hold of a channel: from Watch's call to Release's
@@ -30,7 +59,7 @@ type run struct {
 	stop           time.Time
 }
 
-func newRecorder() *recorder { return &recorder{runs: map[string][]*run{}} }
+func newRecorder() *recorder { return &recorder{runs: map[string][]*run{}, seen: map[string][]seen{}} }
 
 // handler returns the no-op Handler of fleet node idx, recording its calls.
 func (rc *recorder) handler(idx int) nodewatch.Handler { return &recHandler{rc: rc, node: idx} }
@@ -64,11 +93,16 @@ func (h *recHandler) Release(_ context.Context, channel string) error {
 
 // handoffs is what the recorder saw since a moment.
 type handoffs struct {
-	gaps    []time.Duration // per move: old Release returned -> new Watch returned
-	perChan map[string]time.Duration
-	moves   int
-	overlap int // pairs of runs of one channel that were both running at once (must be 0)
-	running map[string]int
+	gaps []time.Duration // per move: old Release returned -> new Watch returned
+	// The gap in three parts, per move whose Released and ToWatch puts the
+	// bench's watcher saw: Release returned -> Released seen (the node's
+	// ack), -> ToWatch seen (the coordinator), -> Watch returned (the new
+	// node).
+	ack, coord, start []time.Duration
+	perChan           map[string]time.Duration
+	moves             int
+	overlap           int // pairs of runs of one channel that were both running at once (must be 0)
+	running           map[string]int
 }
 
 // since returns the moves whose new run began at or after t, the overlap
@@ -98,12 +132,30 @@ func (rc *recorder) since(t time.Time) handoffs {
 			}
 			g := cur.watched.Sub(prev.stop)
 			h.gaps = append(h.gaps, g)
+			if rel, ok := rc.firstAfter(ch, meta.Released, prev.stop); ok {
+				if tw, ok := rc.firstAfter(ch, meta.ToWatch, rel); ok && !tw.After(cur.watched) {
+					h.ack = append(h.ack, rel.Sub(prev.stop))
+					h.coord = append(h.coord, tw.Sub(rel))
+					h.start = append(h.start, cur.watched.Sub(tw))
+				}
+			}
 			h.perChan[ch] += g
 			h.moves++
 		}
 	}
-	slices.Sort(h.gaps)
+	for _, ds := range [][]time.Duration{h.gaps, h.ack, h.coord, h.start} {
+		slices.Sort(ds)
+	}
 	return h
+}
+
+// parts says what the gaps are made of, as the bench's watcher saw it.
+func (h handoffs) parts() string {
+	f := func(ds []time.Duration) string {
+		return fmt.Sprintf("p50 %.1f / p99 %.1f ms", ms(quantile(ds, 0.5)), ms(quantile(ds, 0.99)))
+	}
+	return fmt.Sprintf("gap parts over %d moves: node's Released ack %s, coordinator (Released seen -> ToWatch seen) %s, new node's start %s",
+		len(h.ack), f(h.ack), f(h.coord), f(h.start))
 }
 
 // quantile returns the q-quantile of sorted ds (nearest rank), 0 for none.
@@ -180,7 +232,7 @@ func names(specs []meta.ChannelSpec) []string {
 // recorder, registers channels and waits until all are Watched.
 func (e *Env) recordedFleet(ctx context.Context, root, prefix string, channels, nodes int) (*fleet, *recorder, []string, error) {
 	rc := newRecorder()
-	f, err := e.newFleetWith(ctx, root, nodes, rc.handler)
+	f, err := e.newFleetWith(ctx, root, nodes, rc)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -259,7 +311,7 @@ func Handoff(ctx context.Context, e *Env, channels, nodes, moves int) (Result, e
 	r.ChanwatchS = p99.Seconds()
 	r.BaselineS = quantile(base, 0.99).Seconds()
 	goal := 0.050 / r.BaselineS
-	r.finish(fmt.Sprintf("<= %.2f (p99 gap <= 50 ms)", goal), goal, h.summary(),
+	r.finish(fmt.Sprintf("<= %.2f (p99 gap <= 50 ms)", goal), goal, h.summary(), h.parts(),
 		fmt.Sprintf("%d channels on %d nodes, %d nodes drained one after another in %v", channels, nodes, len(drained), wall.Round(time.Millisecond)),
 		fmt.Sprintf("baseline 4 sequential puts: p50 %.1f ms, p99 %.1f ms", ms(quantile(base, 0.5)), ms(quantile(base, 0.99))))
 	return r, nil
@@ -316,7 +368,7 @@ func Drain(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	if r.ChanwatchS > 2 {
 		within = "NOT met"
 	}
-	r.finish("<= 1.0", 1.0, fmt.Sprintf("drain %.3f s (goal <= 2 s: %s)", r.ChanwatchS, within), h.summary(),
+	r.finish("<= 1.0", 1.0, fmt.Sprintf("drain %.3f s (goal <= 2 s: %s)", r.ChanwatchS, within), h.summary(), h.parts(),
 		fmt.Sprintf("%d channels on %d nodes; node %d's %d drained; baseline %d puts from %d clients", channels, nodes, id, n, 4*n, nodes-1))
 	return r, nil
 }
@@ -408,7 +460,7 @@ func RollingRestart(ctx context.Context, e *Env, channels, nodes int) (Result, e
 	r.finish("<= 1.0 (moves per channel <= 2)", 1.0,
 		fmt.Sprintf("moves per channel %.3f (%d moves)", perChannel, h.moves),
 		fmt.Sprintf("gap per channel over the restart: mean %.1f ms, p99 %.1f ms, max %.1f ms", ms(total/time.Duration(len(chs))), ms(quantile(per, 0.99)), ms(quantile(per, 1))),
-		h.summary(),
+		h.summary(), h.parts(),
 		fmt.Sprintf("%d channels on %d nodes, each stopped and replaced in turn in %.1f s; baseline: 4 sequential puts per move of one node's restart", channels, nodes, r.ChanwatchS))
 	return r, nil
 }
