@@ -67,6 +67,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 		return err
 	}
 	p := r.decide(now)
+	r.lastLoads = p.loads
 	for _, e := range p.evictions {
 		if err := r.evict(ctx, e); err != nil {
 			return err
