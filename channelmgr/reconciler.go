@@ -49,6 +49,10 @@ type reconciler struct {
 	lastLoads map[int64]*NodeLoad
 	// rtt is the store's round trip as the last quick pass measured it.
 	rtt time.Duration
+	// moveStarts is when the planned moves of the budget's window started;
+	// lastQueued the moves the budget held back in the last pass.
+	moveStarts []time.Time
+	lastQueued int
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -79,6 +83,8 @@ type chanRT struct {
 	failNode       int64
 	watchFailRev   int64
 	releaseFailRev int64
+	// move is the planned move in flight (see budget.go).
+	move moveState
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {
