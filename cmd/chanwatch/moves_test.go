@@ -14,6 +14,12 @@ func TestUndrainCommand(t *testing.T) {
 	if code, out, errOut := s.cli(t, "drain", "3"); code != 0 {
 		t.Fatalf("drain: exit %d\n%s%s", code, out, errOut)
 	}
+	s.assign(t, 3, "ch-a", meta.Watched)
+	s.assign(t, 3, "ch-b", meta.ToRelease)
+	code, out, _ := s.cli(t, "status", "--exit-zero")
+	if code != 0 || !strings.Contains(out, "stopping (drain)") || !strings.Contains(out, "node 3 stopping (drain): 1 move(s) in flight, 1 channel(s) waiting to move") {
+		t.Fatalf("status of a draining node:\n%s", out)
+	}
 	code, out, errOut := s.cli(t, "undrain", "3")
 	if code != 0 || !strings.Contains(out, "node 3 is serving") {
 		t.Fatalf("undrain: exit %d\n%s%s", code, out, errOut)
