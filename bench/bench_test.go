@@ -17,7 +17,7 @@ import (
 const smokeScale = 0.01
 
 // TestCommandSmoke runs every scenario through the bench command at the
-// smallest sizes and checks the JSON's shape (not the speed): seven
+// smallest sizes and checks the JSON's shape (not the speed): ten
 // objects, each with every field, sane sizes and times.
 func TestCommandSmoke(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "b.json")
@@ -38,7 +38,7 @@ func TestCommandSmoke(t *testing.T) {
 	if err := json.Unmarshal(b, &objs); err != nil {
 		t.Fatalf("JSON: %v\n%s", err, b)
 	}
-	want := []string{"B1 assign", "B2 failover", "B3 recovery", "B4 backends", "B5 memory", "B6 growth", "B7 writes"}
+	want := []string{"B1 assign", "B2 failover", "B3 recovery", "B4 backends", "B5 memory", "B6 growth", "B7 writes", "B8 handoff", "B9 drain", "B10 rolling restart"}
 	if len(objs) != len(want) {
 		t.Fatalf("%d objects, want %d:\n%s", len(objs), len(want), b)
 	}
@@ -87,7 +87,7 @@ func TestCommandFlags(t *testing.T) {
 		{"--quick", "--scale", "0.5"},
 		{"--endpoints", "localhost"},
 		{"--run", "("},
-		{"--run", "B9"},
+		{"--run", "B99"},
 		{"extra"},
 	} {
 		cmd := NewCommand()
@@ -188,3 +188,6 @@ func BenchmarkB4Backends(b *testing.B) { benchScenario(b, "B4") }
 func BenchmarkB5Memory(b *testing.B)   { benchScenario(b, "B5") }
 func BenchmarkB6Growth(b *testing.B)   { benchScenario(b, "B6") }
 func BenchmarkB7Writes(b *testing.B)   { benchScenario(b, "B7") }
+func BenchmarkB8Handoff(b *testing.B)  { benchScenario(b, "B8") }
+func BenchmarkB9Drain(b *testing.B)    { benchScenario(b, "B9") }
+func BenchmarkB10Rolling(b *testing.B) { benchScenario(b, "B10") }

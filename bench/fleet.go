@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,8 @@ type fleet struct {
 	coordDone  chan error
 	leadingAt  time.Time
 	nodes      []*fnode
+	handler    func(idx int) nodewatch.Handler // nil: noop
+	hook       func(ch string, st meta.State, at time.Time)
 	wg         sync.WaitGroup
 	runCtx     context.Context
 	cancelRuns context.CancelFunc
@@ -63,7 +66,16 @@ type fnode struct {
 // newFleet starts a tracker, a coordinator and n nodes on root, and returns
 // once the coordinator leads and every node is registered.
 func (e *Env) newFleet(ctx context.Context, root string, n int, copts ...channelmgr.Option) (_ *fleet, err error) {
+	return e.newFleetWith(ctx, root, n, nil, copts...)
+}
+
+// newFleetWith is newFleet whose nodes record their handler calls, and
+// whose tracker its observations, in rc (nil: the no-op handler).
+func (e *Env) newFleetWith(ctx context.Context, root string, n int, rc *recorder, copts ...channelmgr.Option) (_ *fleet, err error) {
 	f := &fleet{e: e, root: root}
+	if rc != nil {
+		f.handler, f.hook = rc.handler, rc.observe
+	}
 	f.runCtx, f.cancelRuns = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -73,7 +85,7 @@ func (e *Env) newFleet(ctx context.Context, root string, n int, copts ...channel
 	if f.admin, err = e.open(root); err != nil {
 		return nil, err
 	}
-	if f.tr, err = startTracker(f.runCtx, f.admin); err != nil {
+	if f.tr, err = startTracker(f.runCtx, f.admin, f.hook); err != nil {
 		return nil, err
 	}
 	if f.coordProc, err = e.open(root); err != nil {
@@ -105,7 +117,11 @@ func (f *fleet) addNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		nw, err := nodewatch.New(p, noop{}, nodewatch.WithSessionTTL(f.e.nodeTTL), nodewatch.WithLogger(f.e.opts.Logger.Named("node")))
+		var h nodewatch.Handler = noop{}
+		if f.handler != nil {
+			h = f.handler(len(f.nodes))
+		}
+		nw, err := nodewatch.New(p, h, nodewatch.WithSessionTTL(f.e.nodeTTL), nodewatch.WithLogger(f.e.opts.Logger.Named("node")))
 		if err != nil {
 			p.Close()
 			return err
@@ -182,12 +198,12 @@ func (f *fleet) crash(ctx context.Context, i int) (int64, kv.LeaseID, error) {
 }
 
 // busiest returns the index of the node with the most Watched channels
-// among those not crashed, and that count.
-func (f *fleet) busiest() (int, int) {
+// among those not crashed and not in except, and that count.
+func (f *fleet) busiest(except ...int64) (int, int) {
 	counts := f.tr.snapshot()
 	best, most := -1, -1
 	for i, fn := range f.nodes {
-		if fn.crashed {
+		if fn.crashed || slices.Contains(except, fn.n.ID()) {
 			continue
 		}
 		if c := counts[fn.n.ID()]; c > most {

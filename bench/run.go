@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"strings"
 	"time"
 )
 
 // Scenario is one benchmark scenario at a given scale.
 type Scenario struct {
-	// ID is "B1".."B7"; Name is the Result's name.
+	// ID is "B1".."B10"; Name is the Result's name.
 	ID, Name string
 	// Sizes describes the sizes at the scale it was made for.
 	Sizes string
@@ -29,10 +30,16 @@ func nodesAt(full int, scale float64, lo int) int {
 	return min(full, scaled(full, scale*10, lo))
 }
 
-// Scenarios returns the seven scenarios at a scale: 1 is the full run
+// rollingFull is B10's channel count at scale 1. The issue asks for 10,000;
+// see docs/BENCHMARKS.md for why the default is what it is (--scale keeps
+// the proportion).
+const rollingFull = 10000
+
+// Scenarios returns the ten scenarios at a scale: 1 is the full run
 // (B1 10,000 channels on 100 nodes; B2 10,000 on 10; B3 and B5 100,000 on
 // 1,000; B4 32,000 txns from 64 clients; B6 10k/100k/1M on 1,000 nodes;
-// B7 1,000 on 10), 0.1 the quick one (a tenth of every size).
+// B7 1,000 on 10; B8 1,000 on 10 and at least 1,000 moves; B9 10,000 on
+// 10; B10 rollingFull on 10), 0.1 the quick one (a tenth of every size).
 func Scenarios(scale float64) []Scenario {
 	b1c, b1n := scaled(10000, scale, 20), nodesAt(100, scale, 4)
 	b2c, b2n := scaled(10000, scale, 20), nodesAt(10, scale, 3)
@@ -40,6 +47,9 @@ func Scenarios(scale float64) []Scenario {
 	b4t, b4c := scaled(32000, scale, 64), 64
 	b6s, b6n := []int{scaled(10000, scale, 100), scaled(100000, scale, 1000), scaled(1000000, scale, 10000)}, nodesAt(1000, scale, 10)
 	b7c, b7n := scaled(1000, scale, 20), nodesAt(10, scale, 4)
+	b8c, b8n, b8m := scaled(1000, scale, 40), nodesAt(10, scale, 4), scaled(1000, scale, 20)
+	b9c, b9n := scaled(10000, scale, 40), nodesAt(10, scale, 3)
+	b10c, b10n := scaled(rollingFull, scale, 40), nodesAt(10, scale, 3)
 	return []Scenario{
 		{"B1", "B1 assign", fmt.Sprintf("%d channels, %d nodes", b1c, b1n),
 			func(ctx context.Context, e *Env) (Result, error) { return Assign(ctx, e, b1c, b1n) }},
@@ -55,24 +65,32 @@ func Scenarios(scale float64) []Scenario {
 			func(ctx context.Context, e *Env) (Result, error) { return Growth(ctx, e, b6s, b6n) }},
 		{"B7", "B7 writes", fmt.Sprintf("%d channels, %d nodes", b7c, b7n),
 			func(ctx context.Context, e *Env) (Result, error) { return Writes(ctx, e, b7c, b7n) }},
+		{"B8", "B8 handoff", fmt.Sprintf("%d channels, %d nodes, >= %d moves", b8c, b8n, b8m),
+			func(ctx context.Context, e *Env) (Result, error) { return Handoff(ctx, e, b8c, b8n, b8m) }},
+		{"B9", "B9 drain", fmt.Sprintf("%d channels, %d nodes", b9c, b9n),
+			func(ctx context.Context, e *Env) (Result, error) { return Drain(ctx, e, b9c, b9n) }},
+		{"B10", "B10 rolling restart", fmt.Sprintf("%d channels, %d nodes", b10c, b10n),
+			func(ctx context.Context, e *Env) (Result, error) { return RollingRestart(ctx, e, b10c, b10n) }},
 	}
 }
 
-// Run starts an Env with opts, runs the scenarios whose ID or Name match
-// the regular expression only (all when empty) in order, and returns their
-// results. It stops at the first scenario that fails, returning the
-// results so far with the error.
+// Run starts an Env with opts, runs the scenarios chosen by the regular
+// expression only (all when empty) in order, and returns their results. A
+// scenario is chosen when only matches its whole ID ("B1" does not choose
+// B10) or any part of its name after the ID ("drain"). It stops at the
+// first scenario that fails, returning the results so far with the error.
 func Run(ctx context.Context, opts Options, only string) ([]Result, error) {
 	re, err := regexp.Compile(only)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scenario filter: %w", err)
 	}
+	whole := regexp.MustCompile("^(?:" + only + ")$")
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}
 	var chosen []Scenario
 	for _, s := range Scenarios(opts.Scale) {
-		if only == "" || re.MatchString(s.ID) || re.MatchString(s.Name) {
+		if only == "" || whole.MatchString(s.ID) || re.MatchString(strings.TrimPrefix(s.Name, s.ID+" ")) {
 			chosen = append(chosen, s)
 		}
 	}

@@ -23,6 +23,12 @@ type tracker struct {
 	live      map[int64]bool
 	rev       int64
 	err       error
+	now       time.Time // when the response being applied arrived
+
+	// hook, when set, is called (under mu) with every assignment key put
+	// that decodes, when the tracker receives it: B8 splits a handoff's
+	// gap with it.
+	hook func(ch string, st meta.State, at time.Time)
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -33,9 +39,9 @@ type tkey struct {
 	state meta.State
 }
 
-func startTracker(ctx context.Context, b kv.Backend) (*tracker, error) {
+func startTracker(ctx context.Context, b kv.Backend, hook func(ch string, st meta.State, at time.Time)) (*tracker, error) {
 	t := &tracker{changed: make(chan struct{}), keys: map[string]tkey{}, watchedOn: map[int64]int{},
-		live: map[int64]bool{}, done: make(chan struct{})}
+		live: map[int64]bool{}, done: make(chan struct{}), hook: hook}
 	kvs, rev, err := b.List(ctx, "")
 	if err != nil {
 		return nil, err
@@ -51,6 +57,7 @@ func startTracker(ctx context.Context, b kv.Backend) (*tracker, error) {
 		defer close(t.done)
 		for resp := range wch {
 			t.mu.Lock()
+			t.now = time.Now()
 			if resp.Err != nil {
 				t.err = resp.Err
 			}
@@ -92,13 +99,16 @@ func (t *tracker) apply(ev kv.Event) {
 			delete(t.keys, key)
 			return
 		}
-		node, _, err := meta.ParseChannelKey(key)
+		node, ch, err := meta.ParseChannelKey(key)
 		if err != nil {
 			return
 		}
 		k := tkey{node: node}
 		if info, err := meta.DecodeChannelInfo(key, ev.KV.Value); err == nil {
 			k.state = info.State
+			if t.hook != nil && !t.now.IsZero() {
+				t.hook(ch, info.State, t.now)
+			}
 		}
 		t.keys[key] = k
 		if k.state == meta.Watched {

@@ -21,7 +21,8 @@ type plan struct {
 	evictions []eviction
 	loads     map[int64]*NodeLoad // serving nodes
 	movable   map[string]*keyEntry
-	pending   bool // some channel waits for our own write
+	pending   bool        // some channel waits for our own write
+	moves     *moveCounts // planned moves in flight (see budget.go); nil until needed
 }
 
 // placement is a channel to put ToWatch on a node chosen in placeAll.
@@ -70,6 +71,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 	r.wake = time.Time{}
 	p := r.decide(now)
 	r.lastDecide = time.Since(walk)
+	r.lastLoads = p.loads
 	for _, e := range p.evictions {
 		if err := r.evict(ctx, e); err != nil {
 			return err
@@ -274,6 +276,7 @@ func (r *reconciler) decide(now time.Time) *plan {
 		r.balance(p, serving, now)
 	}
 	r.publishHealth(p, now)
+	r.publishMoves(p)
 	r.gauges()
 	// Forget channels and timers that are gone for good.
 	for ch, rt := range r.chans {
@@ -419,7 +422,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	case meta.ToWatch:
 		switch {
 		case ne.draining():
-			p.add(r.release(k, reg, "drain", false, "", now))
+			r.drainMove(p, k, reg, now)
 		case r.timedOut(k, r.cfg.watchTimeout, now):
 			r.c.m.timeouts.WithLabelValues("watch").Inc()
 			p.add(r.release(k, reg, "watch_timeout", true,
@@ -427,7 +430,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		}
 	case meta.Watched:
 		if ne.draining() {
-			p.add(r.release(k, reg, "drain", false, "", now))
+			r.drainMove(p, k, reg, now)
 		}
 	case meta.WatchFailure:
 		p.add(r.release(k, reg, "watch_failure", true, "", now))
@@ -788,12 +791,15 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 			!slices.Contains(serving, mv.To) || used[mv.To] {
 			continue
 		}
+		if !r.mayMove(p, mv.From, mv.To, now) {
+			continue
+		}
 		if probes[mv.To] {
 			used[mv.To] = true // one probe at a time
 		}
 		seen[mv.Channel] = true
 		budget--
-		u := r.release(k, r.v.registry[mv.Channel], "balance", false, "", r.clock.Now())
+		u := r.planned(r.release(k, r.v.registry[mv.Channel], "balance", false, "", r.clock.Now()), mv.Channel, mv.From)
 		if u == nil {
 			continue
 		}

@@ -114,43 +114,53 @@ func (r *reconciler) chRev(ch string) int64 {
 	return rev
 }
 
-// txnsInFlight is how many of a pass's txns execute sends at once. Its
-// units are independent (one per channel, each with its own compares, all
-// under the leader guard), so their order does not matter; sending them
-// together lets the store commit them in one round (etcd batches the
-// proposals of concurrent requests into one raft entry batch and fsync).
-const txnsInFlight = 8
-
-// execute sends the pass's units, txnsInFlight txns at a time, and records
-// the outcomes in order, from this goroutine.
+// execute sends the pass's units.
 func (r *reconciler) execute(ctx context.Context, units []*unit, now time.Time) error {
-	batches := r.pack(units)
-	for len(batches) > 0 {
-		group := batches[:min(txnsInFlight, len(batches))]
-		batches = batches[len(group):]
-		results := make([]txnResult, len(group))
-		if len(group) == 1 {
-			results[0].resp, results[0].err = r.txn(ctx, group[0].txn)
-		} else {
-			var wg sync.WaitGroup
-			for i, b := range group {
-				wg.Go(func() { results[i].resp, results[i].err = r.txn(ctx, b.txn) })
-			}
-			wg.Wait()
-		}
-		for i, b := range group {
-			if err := r.outcome(ctx, b, results[i], now); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	_, err := r.sendAll(ctx, r.pack(units), now)
+	return err
 }
 
-// txnResult is the answer to one batch's txn.
-type txnResult struct {
-	resp kv.TxnResponse
-	err  error
+// maxTxnsInFlight bounds the txns of one pass sent at once.
+const maxTxnsInFlight = 8
+
+// sendAll sends batches, up to maxTxnsInFlight at once, and records their
+// outcomes in order, as exec does; it returns how many it sent. The
+// batches of one pass touch disjoint channels (all of a channel's writes
+// are in one unit), so the order in which they apply does not matter, and
+// a drain of thousands of channels costs a few round trips, not one per
+// batch.
+func (r *reconciler) sendAll(ctx context.Context, batches []*batch, now time.Time) (int, error) {
+	if len(batches) <= 1 {
+		for _, b := range batches {
+			if err := r.exec(ctx, b, now); err != nil {
+				return len(batches), err
+			}
+		}
+		return len(batches), nil
+	}
+	type result struct {
+		resp kv.TxnResponse
+		err  error
+	}
+	results := make([]result, len(batches))
+	sem := make(chan struct{}, maxTxnsInFlight)
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			results[i].resp, results[i].err = r.txn(ctx, b.txn)
+		}()
+	}
+	wg.Wait()
+	for i, b := range batches {
+		if err := r.record(ctx, b, results[i].resp, results[i].err, now); err != nil {
+			return len(batches), err
+		}
+	}
+	return len(batches), nil
 }
 
 // resend retries, unchanged, the batches whose outcome was unknown: the
@@ -217,14 +227,13 @@ func (r *reconciler) txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) 
 // an error only when the term must end: ctx done, backend closed, or the
 // txn showed that another coordinator leads.
 func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
-	var res txnResult
-	res.resp, res.err = r.txn(ctx, b.txn)
-	return r.outcome(ctx, b, res, now)
+	resp, err := r.txn(ctx, b.txn)
+	return r.record(ctx, b, resp, err, now)
 }
 
-// outcome records the answer to batch b's txn on its channels; see exec.
-func (r *reconciler) outcome(ctx context.Context, b *batch, res txnResult, now time.Time) error {
-	resp, err := res.resp, res.err
+// record records the outcome of b's txn (resp, err) on its channels; see
+// exec.
+func (r *reconciler) record(ctx context.Context, b *batch, resp kv.TxnResponse, err error, now time.Time) error {
 	m := r.c.m
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -47,6 +47,11 @@ type metrics struct {
 	quarantines prometheus.Counter
 	// pass is the duration of one round of decisions of the leader.
 	pass prometheus.Histogram
+	// quickPasses counts the quick passes that placed released channels.
+	quickPasses prometheus.Counter
+	// movesQueued is the planned moves the move budget held back in the
+	// leader's last pass.
+	movesQueued prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -87,6 +92,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "pass_duration_seconds",
 			Help:    "Time the leader took for one round of decisions: deciding on its view and writing them (txns included).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		quickPasses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quick_passes_total",
+			Help: "Quick passes: decisions on just the channels a node answered Released for, made as the answer arrives instead of after the fold window."}),
+		movesQueued: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "moves_queued",
+			Help: "Planned moves (drain, balance) the move budget held back in the leader's last pass (WithMoveBudget, WithNodeMoveLimit); failover is never held."}),
 	}
 	for _, v := range channelStates() {
 		m.channels.WithLabelValues(v)
@@ -108,7 +117,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
-		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass} {
+		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass, m.quickPasses, m.movesQueued} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -38,6 +38,7 @@ type config struct {
 	checkInterval    time.Duration
 	policy           Policy
 	maxMovesInFlight int
+	budget           budget // see budget.go
 	backoffBase      time.Duration
 	backoffMax       time.Duration
 	quarantineAfter  int
@@ -160,6 +161,9 @@ func (c *config) validate() error {
 		return bad("quarantine base %v, max %v: want 0 < base <= max", c.quarantineBase, c.quarantineMax)
 	case c.clock == nil:
 		return bad("nil clock")
+	}
+	if err := c.budget.validate(); err != nil {
+		return bad("%v", err)
 	}
 	return nil
 }

@@ -46,6 +46,15 @@ type reconciler struct {
 	// maxTTL is the largest node TTL this term knows of: WithNodeTTL, or a
 	// larger one a node advertised (see nodeTTL).
 	maxTTL time.Duration
+	// lastLoads is the serving nodes' loads as the last full pass counted
+	// them, plus the placements of quick passes since (see quickPass).
+	lastLoads map[int64]*NodeLoad
+	// rtt is the store's round trip as the last quick pass measured it.
+	rtt time.Duration
+	// moveStarts is when the planned moves of the budget's window started;
+	// lastQueued the moves the budget held back in the last pass.
+	moveStarts []time.Time
+	lastQueued int
 }
 
 // chanRT is what the leader keeps in memory about a channel. None of it is
@@ -76,6 +85,8 @@ type chanRT struct {
 	failNode       int64
 	watchFailRev   int64
 	releaseFailRev int64
+	// move is the planned move in flight (see budget.go).
+	move moveState
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {
@@ -162,6 +173,8 @@ func (r *reconciler) run(ctx context.Context) error {
 			// must not be able to stall it.
 			var window <-chan time.Time
 			var windowTimer *time.Timer
+			var answered []string // see quickPass
+			var quick gatherTimer
 			if w := min(r.lastDecide, maxFoldWindow); w > 0 {
 				windowTimer = time.NewTimer(w)
 				window = windowTimer.C
@@ -198,6 +211,19 @@ func (r *reconciler) run(ctx context.Context) error {
 				}
 				failures = 0
 				r.fold(resp.Events)
+				if window != nil {
+					// Released answers are placed by a quick pass, after
+					// gathering others for about one store round trip.
+					if answered = r.answered(resp.Events, answered); len(answered) >= quickBatch {
+						if more, err := r.gathered(ctx, &answered, &quick); err != nil {
+							return err
+						} else if !more {
+							break drain
+						}
+					} else if len(answered) > 0 && quick.C == nil {
+						quick.Reset(r.gatherFor())
+					}
+				}
 				// Take whatever else is ready, or arrives within the
 				// window, before deciding: one pass for a burst of events.
 				if window == nil {
@@ -208,16 +234,27 @@ func (r *reconciler) run(ctx context.Context) error {
 					}
 					continue
 				}
-				select {
-				case resp, ok = <-wch:
-				case <-window:
-					break drain
-				case <-ticker.Chan():
-					break drain // time moved on: check timeouts now
-				case <-ctx.Done():
-					return ctx.Err()
+				for waiting := true; waiting; {
+					select {
+					case resp, ok = <-wch:
+						waiting = false
+					case <-quick.C:
+						quick.C = nil
+						if more, err := r.gathered(ctx, &answered, &quick); err != nil {
+							return err
+						} else if !more {
+							break drain
+						}
+					case <-window:
+						break drain
+					case <-ticker.Chan():
+						break drain // time moved on: check timeouts now
+					case <-ctx.Done():
+						return ctx.Err()
+					}
 				}
 			}
+			quick.Stop()
 			if windowTimer != nil {
 				windowTimer.Stop()
 			}

@@ -65,6 +65,10 @@ var mepScenarios = []mepScenario{
 	{"FailingNodeQuarantined", mepFailingNodeQuarantined},
 	{"TwoFailingNodes", mepTwoFailingNodes},
 	{"FailingNodeRecovers", mepFailingNodeRecovers},
+	{"MoveBudget", mepMoveBudget},
+	{"NodeMoveLimit", mepNodeMoveLimit},
+	{"Undrain", mepUndrain},
+	{"RollingRestart", mepRollingRestart},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

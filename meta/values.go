@@ -93,7 +93,19 @@ type NodeSession struct {
 	// node (State NodeEvicted), and EvictReason why.
 	EvictedBy   int64  `json:"evicted_by,omitempty"`
 	EvictReason string `json:"evict_reason,omitempty"`
+	// StopReason says who made the node stopping (State NodeStopping):
+	// StopShutdown, the node's own process shutting down (it exits once
+	// drained), or StopDrain, an operator's drain (it stays up, empty, and
+	// may be undrained). Empty in values written before it existed: read
+	// as StopDrain.
+	StopReason string `json:"stop_reason,omitempty"`
 }
+
+// Values of NodeSession.StopReason.
+const (
+	StopShutdown = "shutdown"
+	StopDrain    = "drain"
+)
 
 // CoordSession is session/coord, attached to the leader's lease.
 type CoordSession struct {

@@ -23,6 +23,12 @@ var (
 	// ErrNodeNotFound: the node has no session key (never registered, or
 	// its lease is gone).
 	ErrNodeNotFound = errors.New("session: node not found")
+	// ErrNodeEvicted: the node's session key is marked evicted: it is
+	// fencing itself, and neither a drain nor an undrain applies to it.
+	ErrNodeEvicted = errors.New("session: node evicted")
+	// ErrNodeShuttingDown: Undrain refused a node that is stopping because
+	// its own process is shutting down (meta.StopShutdown).
+	ErrNodeShuttingDown = errors.New("session: node is shutting down")
 	// ErrInvalidConfig: an option value was rejected by a constructor.
 	ErrInvalidConfig = errors.New("session: invalid config")
 )

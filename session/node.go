@@ -290,7 +290,7 @@ func (n *Node) Session() *Session { return n.s }
 // moves its channels away and places none on it), keeping its lease. It is
 // idempotent. ErrNodeNotFound when the session key is gone.
 func (n *Node) SetStopping(ctx context.Context) error {
-	return setStopping(ctx, n.b, n.id, n.s.Lease())
+	return setStopping(ctx, n.b, n.id, n.s.Lease(), meta.StopShutdown)
 }
 
 // Drain marks node nodeID stopping, from any process: a compare-and-swap
@@ -301,12 +301,14 @@ func Drain(ctx context.Context, b kv.KV, nodeID int64) error {
 	if err := meta.ValidateNodeID(nodeID); err != nil {
 		return err
 	}
-	return setStopping(ctx, b, nodeID, kv.NoLease)
+	return setStopping(ctx, b, nodeID, kv.NoLease, meta.StopDrain)
 }
 
-// setStopping rewrites the session value with State stopping, on the lease
-// the key has (and only if it is wantLease, when that is set).
-func setStopping(ctx context.Context, b kv.KV, id int64, wantLease kv.LeaseID) error {
+// setStopping rewrites the session value with State stopping and reason
+// (meta.StopShutdown wins over meta.StopDrain: a node that shuts down must
+// not be undrained), on the lease the key has (and only if it is
+// wantLease, when that is set).
+func setStopping(ctx context.Context, b kv.KV, id int64, wantLease kv.LeaseID, reason string) error {
 	key := meta.NodeSessionKey(id)
 	for {
 		cur, _, err := b.Get(ctx, key)
@@ -323,10 +325,13 @@ func setStopping(ctx context.Context, b kv.KV, id int64, wantLease kv.LeaseID) e
 		if err != nil {
 			return err
 		}
-		if info.State == meta.NodeStopping {
+		if info.State == meta.NodeStopping && (info.StopReason == reason || reason == meta.StopDrain) {
 			return nil
 		}
-		info.State = meta.NodeStopping
+		if info.State == meta.NodeEvicted {
+			return fmt.Errorf("%w: node %d", ErrNodeEvicted, id)
+		}
+		info.State, info.StopReason = meta.NodeStopping, reason
 		val, err := meta.EncodeNodeSession(info)
 		if err != nil {
 			return err

@@ -16,7 +16,8 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 	var (
 		httpAddr, id, policy                     string
 		ttl, nodeTTL, watchTimeout, releaseTimeo time.Duration
-		maxMoves                                 int
+		maxMoves, moveBudget, nodeMoveLimit      int
+		moveWindow                               time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "coord",
@@ -50,6 +51,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 				channelmgr.WithLogger(lg), channelmgr.WithRegisterer(reg), channelmgr.WithPolicy(pol),
 				channelmgr.WithSessionTTL(ttl), channelmgr.WithNodeTTL(nodeTTL), channelmgr.WithWatchTimeout(watchTimeout),
 				channelmgr.WithReleaseTimeout(releaseTimeo), channelmgr.WithMaxMovesInFlight(maxMoves),
+				channelmgr.WithMoveBudget(moveBudget, moveWindow), channelmgr.WithNodeMoveLimit(nodeMoveLimit),
 			}
 			if id != "" {
 				opts = append(opts, channelmgr.WithID(id))
@@ -100,5 +102,8 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 	f.DurationVar(&watchTimeout, "watch-timeout", 30*time.Second, "ToWatch without progress for this long is reassigned")
 	f.DurationVar(&releaseTimeo, "release-timeout", 30*time.Second, "ToRelease unanswered for this long evicts the node")
 	f.IntVar(&maxMoves, "max-moves", 16, "balance moves in flight at most")
+	f.IntVar(&moveBudget, "move-budget", 0, "planned moves (drain, balance) started per --move-window at most, cluster-wide (0: no limit; failover is never held)")
+	f.DurationVar(&moveWindow, "move-window", time.Minute, "the window of --move-budget")
+	f.IntVar(&nodeMoveLimit, "node-move-limit", 0, "planned moves in flight per node at most (0: no limit)")
 	return cmd
 }

@@ -81,6 +81,8 @@ func newRootCmd() *cobra.Command {
 		newRegisterCmd(g),
 		newDeregisterCmd(g),
 		newDrainCmd(g),
+		newUndrainCmd(g),
+		newMayStopCmd(g),
 		newPauseCmd(g, true),
 		newPauseCmd(g, false),
 		newUnquarantineCmd(g),

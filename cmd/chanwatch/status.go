@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,6 +30,14 @@ type nodeStatus struct {
 	Health           string     `json:"health"`
 	QuarantinedUntil *time.Time `json:"quarantined_until,omitempty"`
 	QuarantineReason string     `json:"quarantine_reason,omitempty"`
+	// On a stopping node: Moving is its channels being released
+	// (ToRelease, Released), Waiting those that have not started their
+	// move yet (held by the coordinator's move budget, or not reached yet).
+	Moving  int `json:"moves_in_flight,omitempty"`
+	Waiting int `json:"moves_waiting,omitempty"`
+	// StopReason is why a stopping node stops: "drain" (an operator's:
+	// chanwatch undrain puts it back) or "shutdown" (its own process).
+	StopReason string `json:"stop_reason,omitempty"`
 }
 
 type channelStatus struct {
@@ -114,6 +123,9 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 				state = fmt.Sprintf("evicted by token %d: %s", s.EvictedBy, s.EvictReason)
 			}
 			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state}
+			if s.State == meta.NodeStopping {
+				nodes[s.ID].StopReason = cmp.Or(s.StopReason, meta.StopDrain)
+			}
 			leases[s.ID] = it.Lease
 			incarnations[s.ID] = it.CreateRevision
 		case it.Key == meta.CoordinatorKey:
@@ -170,6 +182,14 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 		if n := nodes[c.Node]; n != nil {
 			n.Channels++
 			c.Stale = c.createRev < incarnations[n.ID]
+			if n.StopReason != "" && c.Registered && !c.Stale {
+				switch c.State {
+				case meta.ToRelease.String(), meta.Released.String():
+					n.Moving++
+				case meta.Watched.String(), meta.ToWatch.String():
+					n.Waiting++
+				}
+			}
 		} else if c.Node != 0 {
 			c.OwnerGone = true
 			r.OwnerGone = append(r.OwnerGone, c.Name)
@@ -291,7 +311,11 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 			health += " until " + n.QuarantinedUntil.Local().Format(time.TimeOnly)
 			quarantined = append(quarantined, n)
 		}
-		nodes = append(nodes, []string{fmt.Sprint(n.ID), orDash(n.Addr), n.State, health, fmt.Sprint(n.Channels), fmt.Sprintf("%.1fs", n.LeaseTTLSec)})
+		state := n.State
+		if n.StopReason != "" {
+			state += " (" + n.StopReason + ")"
+		}
+		nodes = append(nodes, []string{fmt.Sprint(n.ID), orDash(n.Addr), state, health, fmt.Sprint(n.Channels), fmt.Sprintf("%.1fs", n.LeaseTTLSec)})
 	}
 	if !addr { // no node serves HTTP: the column would be all dashes
 		for i := range nodes {
@@ -329,6 +353,12 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 		len(r.Nodes), len(r.Channels), len(r.Remaining), len(r.OwnerGone), len(r.Unassigned))
 	for _, n := range quarantined {
 		fmt.Fprintf(w, "node %d %s: %s (lift: chanwatch unquarantine %d)\n", n.ID, n.Health, n.QuarantineReason, n.ID)
+	}
+	for _, n := range shown.Nodes {
+		if n.Moving+n.Waiting > 0 {
+			fmt.Fprintf(w, "node %d stopping (%s): %d move(s) in flight, %d channel(s) waiting to move (queued by the move budget, or not reached yet)\n",
+				n.ID, n.StopReason, n.Moving, n.Waiting)
+		}
 	}
 	if len(r.Corrupt) > 0 {
 		fmt.Fprintf(w, "%d corrupt key(s): %s\n", len(r.Corrupt), strings.Join(r.Corrupt, ", "))
