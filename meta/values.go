@@ -19,10 +19,24 @@ type ChannelSpec struct {
 	// Vchannel is opaque to chanwatch: the VchannelInfo a node needs to
 	// restore the channel (seek position, segment IDs), as JSON.
 	Vchannel json.RawMessage `json:"vchannel,omitempty"`
+	// Weight is the channel's load relative to others (0: DefaultWeight);
+	// see placement.go for the rules of Weight, Require and Spread.
+	Weight float64 `json:"weight,omitempty"`
+	// Require lists labels a node must carry to take the channel: a hard
+	// constraint (group=ingest).
+	Require map[string]string `json:"require,omitempty"`
+	// Spread names a node label (zone) across whose values the channels of
+	// the collection should spread: a preference, not a constraint.
+	Spread string `json:"spread,omitempty"`
 }
 
-// Validate checks the spec's name.
-func (s ChannelSpec) Validate() error { return ValidateChannel(s.Name) }
+// Validate checks the spec's name, weight and constraints.
+func (s ChannelSpec) Validate() error {
+	if err := ValidateChannel(s.Name); err != nil {
+		return err
+	}
+	return s.validatePlacement()
+}
 
 // ChannelInfo is the MEP's assignment value: channel/<nodeID>/<channel> or
 // channel/remaining/<channel>.
@@ -93,6 +107,11 @@ type NodeSession struct {
 	// node (State NodeEvicted), and EvictReason why.
 	EvictedBy   int64  `json:"evicted_by,omitempty"`
 	EvictReason string `json:"evict_reason,omitempty"`
+	// Capacity is how much load the node takes relative to others (0:
+	// DefaultCapacity), and Labels what it offers to channel constraints
+	// (zone=a, group=ingest); see placement.go.
+	Capacity float64           `json:"capacity,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
 }
 
 // CoordSession is session/coord, attached to the leader's lease.
@@ -103,7 +122,10 @@ type CoordSession struct {
 }
 
 // encode writes v as a JSON object with the schema version first.
-func encode(v any) ([]byte, error) {
+func encode(v any) ([]byte, error) { return encodeV(v, SchemaVersion) }
+
+// encodeV writes v as a JSON object with schema version ver first.
+func encodeV(v any, ver int) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -113,7 +135,7 @@ func encode(v any) ([]byte, error) {
 	}
 	out := make([]byte, 0, len(b)+8)
 	out = append(out, `{"v":`...)
-	out = strconv.AppendInt(out, SchemaVersion, 10)
+	out = strconv.AppendInt(out, int64(ver), 10)
 	if len(b) > 2 {
 		out = append(out, ',')
 	}
@@ -121,7 +143,11 @@ func encode(v any) ([]byte, error) {
 }
 
 // decode checks the schema version and decodes b into v.
-func decode(key string, b []byte, v any) error {
+func decode(key string, b []byte, v any) error { return decodeUpTo(key, b, v, SchemaVersion) }
+
+// decodeUpTo decodes b into v if its schema version is between
+// SchemaVersion and maxVer.
+func decodeUpTo(key string, b []byte, v any, maxVer int) error {
 	if len(b) == 0 {
 		return fmt.Errorf("%w: %s: empty value", ErrCorruptValue, key)
 	}
@@ -134,8 +160,12 @@ func decode(key string, b []byte, v any) error {
 	if env.V == nil {
 		return fmt.Errorf("%w: %s: no schema version", ErrCorruptValue, key)
 	}
-	if *env.V != SchemaVersion {
-		return fmt.Errorf("%w: %s: schema version %d, want %d", ErrCorruptValue, key, *env.V, SchemaVersion)
+	if *env.V < SchemaVersion || *env.V > maxVer {
+		want := strconv.Itoa(SchemaVersion)
+		if maxVer > SchemaVersion {
+			want += ".." + strconv.Itoa(maxVer)
+		}
+		return fmt.Errorf("%w: %s: schema version %d, want %s", ErrCorruptValue, key, *env.V, want)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
@@ -148,13 +178,13 @@ func EncodeChannelSpec(s ChannelSpec) ([]byte, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	return encode(&s)
+	return encodeV(&s, s.schemaVersion())
 }
 
 // DecodeChannelSpec decodes the value of key (used in errors).
 func DecodeChannelSpec(key string, b []byte) (ChannelSpec, error) {
 	var s ChannelSpec
-	if err := decode(key, b, &s); err != nil {
+	if err := decodeUpTo(key, b, &s, PlacementSchemaVersion); err != nil {
 		return ChannelSpec{}, err
 	}
 	if err := s.Validate(); err != nil {
@@ -192,16 +222,22 @@ func EncodeNodeSession(s NodeSession) ([]byte, error) {
 	if err := ValidateNodeID(s.ID); err != nil {
 		return nil, err
 	}
-	return encode(&s)
+	if err := s.validatePlacement(); err != nil {
+		return nil, err
+	}
+	return encodeV(&s, s.schemaVersion())
 }
 
 // DecodeNodeSession decodes the value of key (used in errors).
 func DecodeNodeSession(key string, b []byte) (NodeSession, error) {
 	var s NodeSession
-	if err := decode(key, b, &s); err != nil {
+	if err := decodeUpTo(key, b, &s, PlacementSchemaVersion); err != nil {
 		return NodeSession{}, err
 	}
 	if err := ValidateNodeID(s.ID); err != nil {
+		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if err := s.validatePlacement(); err != nil {
 		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
 	}
 	if s.State != NodeServing && s.State != NodeStopping && s.State != NodeEvicted {
