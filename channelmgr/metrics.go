@@ -47,6 +47,8 @@ type metrics struct {
 	quarantines prometheus.Counter
 	// pass is the duration of one round of decisions of the leader.
 	pass prometheus.Histogram
+	// unplaceable is the channels no serving node may take (constraints).
+	unplaceable prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -87,6 +89,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "pass_duration_seconds",
 			Help:    "Time the leader took for one round of decisions: deciding on its view and writing them (txns included).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		unplaceable: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels_unplaceable",
+			Help: "Registered channels that no serving node may take (none has their required labels, or every one that has is quarantined): they wait in channel/remaining/ with the reason in LastError."}),
 	}
 	for _, v := range channelStates() {
 		m.channels.WithLabelValues(v)
@@ -108,7 +112,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
-		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass} {
+		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass, m.unplaceable} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)
