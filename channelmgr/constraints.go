@@ -43,7 +43,7 @@ func (r *reconciler) placeConstrained(chs []Channel, ok, serving []int64, loads 
 	}
 	groups := map[string][]int{}
 	for i, c := range chs {
-		k := meta.FormatLabels(c.Require)
+		k := c.Require.String()
 		groups[k] = append(groups[k], i)
 	}
 	keys := slices.Sorted(maps.Keys(groups))

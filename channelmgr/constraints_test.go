@@ -13,7 +13,7 @@ import (
 
 // setPlacement rewrites node n's session value with a capacity and labels,
 // on its own lease, as a node that advertises them does.
-func (h *harness) setPlacement(n *fakeNode, capacity float64, labels map[string]string) {
+func (h *harness) setPlacement(n *fakeNode, capacity float64, labels meta.Labels) {
 	h.t.Helper()
 	val, err := meta.EncodeNodeSession(meta.NodeSession{ID: n.id, State: meta.NodeServing, TTL: nodeTTL,
 		StartTime: h.clk.Now(), Capacity: capacity, Labels: labels})
@@ -70,9 +70,9 @@ func TestRequiredLabelsHoldForEveryPolicy(t *testing.T) {
 			plain := h.addNode()
 			ingest := h.addNodes(2)
 			for _, n := range ingest {
-				h.setPlacement(n, 0, map[string]string{"group": "ingest"})
+				h.setPlacement(n, 0, meta.MustLabels("group=ingest"))
 			}
-			req := map[string]string{"group": "ingest"}
+			req := meta.MustLabels("group=ingest")
 			var constrained, free []string
 			for i := range 8 {
 				constrained = append(constrained, fmt.Sprintf("ing%02d", i))
@@ -115,7 +115,7 @@ func TestRequiredLabelsHoldForEveryPolicy(t *testing.T) {
 func TestUnplaceableChannelWaitsVisibly(t *testing.T) {
 	h := newHarness(t)
 	a := h.addNode()
-	h.registerSpecs(meta.ChannelSpec{Name: "gpu0", CollectionID: 1, Require: map[string]string{"group": "gpu"}},
+	h.registerSpecs(meta.ChannelSpec{Name: "gpu0", CollectionID: 1, Require: meta.MustLabels("group=gpu")},
 		meta.ChannelSpec{Name: "cpu0", CollectionID: 1})
 	c := h.lead(WithPolicy(Weighted()))
 	h.advance(3*step, c)
@@ -137,7 +137,7 @@ func TestUnplaceableChannelWaitsVisibly(t *testing.T) {
 	if as := h.assignments(); as["gpu0"].node != 0 {
 		t.Fatalf("gpu0 placed on node %d, which has no labels", as["gpu0"].node)
 	}
-	h.setPlacement(b, 0, map[string]string{"group": "gpu"})
+	h.setPlacement(b, 0, meta.MustLabels("group=gpu"))
 	h.advance(2*step, c)
 	h.eventually("the gpu channel Watched on the gpu node", func() bool { return h.allWatched([]string{"gpu0"}, b.id) })
 	h.advance(step, c)
@@ -158,7 +158,7 @@ func TestCapacityChangeRebalances(t *testing.T) {
 	if n := h.counts(); n[nodes[0].id] != 15 || n[nodes[1].id] != 15 {
 		t.Fatalf("counts %v, want 15 each", n)
 	}
-	h.setPlacement(nodes[1], 2, nil)
+	h.setPlacement(nodes[1], 2, meta.Labels{})
 	h.eventually("node 2 to take two thirds", func() bool {
 		h.advance(step, c)
 		n := h.counts()

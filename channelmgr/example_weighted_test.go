@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/chanwatch/chanwatch/channelmgr"
+	"github.com/chanwatch/chanwatch/meta"
 )
 
 // Weighted places by utilisation (sum of weights / capacity) under the
@@ -13,11 +14,11 @@ import (
 // channelmgr.WithPolicy(channelmgr.Weighted()).
 func ExampleWeighted() {
 	nodes := []channelmgr.NodeLoad{
-		{ID: 1, Capacity: 1, Labels: map[string]string{"zone": "a"}},
-		{ID: 2, Capacity: 2, Labels: map[string]string{"zone": "b", "group": "ingest"}},
-		{ID: 3, Capacity: 1, Labels: map[string]string{"zone": "c"}},
+		{ID: 1, Capacity: 1, Labels: meta.MustLabels("zone=a")},
+		{ID: 2, Capacity: 2, Labels: meta.MustLabels("zone=b", "group=ingest")},
+		{ID: 3, Capacity: 1, Labels: meta.MustLabels("zone=c")},
 	}
-	ingest := map[string]string{"group": "ingest"}
+	ingest := meta.MustLabels("group=ingest")
 	chs := []channelmgr.Channel{
 		{Name: "ingest-0", CollectionID: 1, Weight: 3, Require: ingest},
 		{Name: "ingest-1", CollectionID: 1, Weight: 1, Require: ingest},

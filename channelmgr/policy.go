@@ -26,7 +26,7 @@ type Channel struct {
 	// constraint the coordinator enforces on every policy's answer (see
 	// NodeLoad.Meets). Spread names a node label across whose values the
 	// channels of the collection should spread: a preference.
-	Require map[string]string
+	Require meta.Labels
 	Spread  string
 }
 
@@ -40,7 +40,7 @@ type NodeLoad struct {
 	// it. Labels are the node's labels (zone, group). Count policies
 	// ignore both.
 	Capacity float64
-	Labels   map[string]string
+	Labels   meta.Labels
 }
 
 // Move is one balance move of Channel from node From to node To.
@@ -211,10 +211,10 @@ type nodeState struct {
 	count  int
 	coll   map[int64]int
 	chans  []Channel // movable, not yet moved
-	labels map[string]string
+	labels meta.Labels
 }
 
-func (s *nodeState) meets(c Channel) bool { return meta.Meets(s.labels, c.Require) }
+func (s *nodeState) meets(c Channel) bool { return s.labels.Meets(c.Require) }
 
 // BalanceStep returns the fewest moves (at most maxMoves) that bring node
 // counts to within 1 of each other: each move takes a Movable channel from
@@ -377,8 +377,8 @@ func (p consistentHash) Balance(nodes []NodeLoad, maxMoves int) []Move {
 				continue
 			}
 			cr := r
-			if len(c.Require) > 0 { // the ring Place saw: the nodes that meet it
-				key := meta.FormatLabels(c.Require)
+			if !c.Require.IsZero() { // the ring Place saw: the nodes that meet it
+				key := c.Require.String()
 				if rings[key] == nil {
 					rings[key] = p.ring(eligible(nodes, c))
 				}

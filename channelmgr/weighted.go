@@ -11,7 +11,7 @@ import (
 // Meets reports whether node n may take channel c: n carries every label
 // of c.Require. It is the hard constraint the coordinator checks on every
 // policy's answer.
-func (n NodeLoad) Meets(c Channel) bool { return meta.Meets(n.Labels, c.Require) }
+func (n NodeLoad) Meets(c Channel) bool { return n.Labels.Meets(c.Require) }
 
 // Load is the sum of the weights of n's channels (a zero weight counts 1).
 func (n NodeLoad) Load() float64 {
@@ -41,7 +41,7 @@ func (n NodeLoad) capacity() float64 {
 
 // eligible returns the nodes that meet c's Require.
 func eligible(nodes []NodeLoad, c Channel) []NodeLoad {
-	if len(c.Require) == 0 {
+	if c.Require.IsZero() {
 		return nodes
 	}
 	var out []NodeLoad
@@ -93,7 +93,8 @@ type wnode struct {
 	id     int64
 	cap    float64
 	load   float64
-	labels map[string]string
+	labels meta.Labels
+	zone   map[string]string // labels as a map, for Spread lookups
 	coll   map[int64]int
 	chans  []Channel // movable, not yet moved
 }
@@ -116,7 +117,7 @@ type wstate struct {
 func newWState(nodes []NodeLoad) *wstate {
 	s := &wstate{nodes: make([]*wnode, len(nodes)), spread: map[spreadKey]int{}}
 	for i, n := range nodes {
-		w := &wnode{id: n.ID, cap: n.capacity(), labels: n.Labels, coll: map[int64]int{}}
+		w := &wnode{id: n.ID, cap: n.capacity(), labels: n.Labels, zone: n.Labels.Map(), coll: map[int64]int{}}
 		for _, c := range n.Channels {
 			w.add(c, s)
 			if c.Movable {
@@ -132,7 +133,7 @@ func (n *wnode) add(c Channel, s *wstate) {
 	n.load += c.weight()
 	n.coll[c.CollectionID]++
 	if c.Spread != "" {
-		s.spread[spreadKey{c.Spread, c.CollectionID, n.labels[c.Spread]}]++
+		s.spread[spreadKey{c.Spread, c.CollectionID, n.zone[c.Spread]}]++
 	}
 }
 
@@ -140,11 +141,11 @@ func (n *wnode) remove(c Channel, s *wstate) {
 	n.load -= c.weight()
 	n.coll[c.CollectionID]--
 	if c.Spread != "" {
-		s.spread[spreadKey{c.Spread, c.CollectionID, n.labels[c.Spread]}]--
+		s.spread[spreadKey{c.Spread, c.CollectionID, n.zone[c.Spread]}]--
 	}
 }
 
-func (n *wnode) meets(c Channel) bool { return meta.Meets(n.labels, c.Require) }
+func (n *wnode) meets(c Channel) bool { return n.labels.Meets(c.Require) }
 
 // spreadOf is how many channels of c's collection are in n's value of c's
 // Spread label (0 when c does not spread).
@@ -152,7 +153,7 @@ func (s *wstate) spreadOf(c Channel, n *wnode) int {
 	if c.Spread == "" {
 		return 0
 	}
-	return s.spread[spreadKey{c.Spread, c.CollectionID, n.labels[c.Spread]}]
+	return s.spread[spreadKey{c.Spread, c.CollectionID, n.zone[c.Spread]}]
 }
 
 func (p weighted) Place(chs []Channel, nodes []NodeLoad) []int64 {
@@ -168,7 +169,7 @@ func (p weighted) Place(chs []Channel, nodes []NodeLoad) []int64 {
 	// Constrained channels first (fewer choices), then heaviest first.
 	slices.SortStableFunc(order, func(a, b int) int {
 		ca, cb := chs[a], chs[b]
-		if x, y := len(ca.Require) > 0 || ca.Avoid != 0, len(cb.Require) > 0 || cb.Avoid != 0; x != y {
+		if x, y := !ca.Require.IsZero() || ca.Avoid != 0, !cb.Require.IsZero() || cb.Avoid != 0; x != y {
 			if x {
 				return -1
 			}
@@ -258,7 +259,7 @@ func (p weighted) Balance(nodes []NodeLoad, maxMoves int) []Move {
 		if !dst.meets(c) {
 			return wmove{}, false
 		}
-		if c.Spread != "" && src.labels[c.Spread] != dst.labels[c.Spread] &&
+		if c.Spread != "" && src.zone[c.Spread] != dst.zone[c.Spread] &&
 			s.spreadOf(c, dst)+1 > s.spreadOf(c, src) {
 			return wmove{}, false // the collection would be less spread
 		}

@@ -127,16 +127,16 @@ func utils(nodes []NodeLoad) map[int64]float64 {
 
 func TestWeightedRequireAndSpread(t *testing.T) {
 	nodes := []NodeLoad{
-		{ID: 1, Labels: map[string]string{"zone": "a", "group": "ingest"}},
-		{ID: 2, Labels: map[string]string{"zone": "b", "group": "ingest"}},
-		{ID: 3, Labels: map[string]string{"zone": "c"}},
-		{ID: 4, Labels: map[string]string{"zone": "a"}},
+		{ID: 1, Labels: meta.MustLabels("zone=a", "group=ingest")},
+		{ID: 2, Labels: meta.MustLabels("zone=b", "group=ingest")},
+		{ID: 3, Labels: meta.MustLabels("zone=c")},
+		{ID: 4, Labels: meta.MustLabels("zone=a")},
 	}
 	chs := []Channel{
-		{Name: "ing-0", CollectionID: 1, Require: map[string]string{"group": "ingest"}},
-		{Name: "ing-1", CollectionID: 1, Require: map[string]string{"group": "ingest"}},
-		{Name: "ing-2", CollectionID: 1, Require: map[string]string{"group": "ingest"}},
-		{Name: "gpu", CollectionID: 2, Require: map[string]string{"group": "gpu"}},
+		{Name: "ing-0", CollectionID: 1, Require: meta.MustLabels("group=ingest")},
+		{Name: "ing-1", CollectionID: 1, Require: meta.MustLabels("group=ingest")},
+		{Name: "ing-2", CollectionID: 1, Require: meta.MustLabels("group=ingest")},
+		{Name: "gpu", CollectionID: 2, Require: meta.MustLabels("group=gpu")},
 		{Name: "z-0", CollectionID: 3, Spread: "zone"},
 		{Name: "z-1", CollectionID: 3, Spread: "zone"},
 		{Name: "z-2", CollectionID: 3, Spread: "zone"},
@@ -152,7 +152,8 @@ func TestWeightedRequireAndSpread(t *testing.T) {
 	}
 	zones := map[string]bool{}
 	for i := 4; i < 7; i++ {
-		zones[nodes[slices.IndexFunc(nodes, func(n NodeLoad) bool { return n.ID == got[i] })].Labels["zone"]] = true
+		z, _ := nodes[slices.IndexFunc(nodes, func(n NodeLoad) bool { return n.ID == got[i] })].Labels.Get("zone")
+		zones[z] = true
 	}
 	if len(zones) != 3 {
 		t.Fatalf("collection 3 with spread=zone placed on zones %v, want all three", slices.Sorted(maps.Keys(zones)))
@@ -196,10 +197,11 @@ func genCluster(t *rapid.T, labelled bool) ([]NodeLoad, []Channel) {
 	for i := range nodes {
 		nodes[i] = NodeLoad{ID: int64(i + 1), Capacity: float64(rapid.IntRange(1, 4).Draw(t, "cap"))}
 		if labelled {
-			nodes[i].Labels = map[string]string{"zone": rapid.SampledFrom([]string{"a", "b", "c"}).Draw(t, "zone")}
+			l := []string{"zone=" + rapid.SampledFrom([]string{"a", "b", "c"}).Draw(t, "zone")}
 			if g := rapid.SampledFrom([]string{"", "ingest", "query"}).Draw(t, "group"); g != "" {
-				nodes[i].Labels["group"] = g
+				l = append(l, "group="+g)
 			}
+			nodes[i].Labels = meta.MustLabels(l...)
 		}
 	}
 	nc := rapid.IntRange(0, 60).Draw(t, "channels")
@@ -209,7 +211,7 @@ func genCluster(t *rapid.T, labelled bool) ([]NodeLoad, []Channel) {
 			Weight: float64(rapid.IntRange(1, 50).Draw(t, "weight"))}
 		if labelled {
 			if g := rapid.SampledFrom([]string{"", "", "ingest", "query", "gpu"}).Draw(t, "require"); g != "" {
-				chs[i].Require = map[string]string{"group": g}
+				chs[i].Require = meta.MustLabels("group=" + g)
 			}
 			if rapid.Bool().Draw(t, "spread") {
 				chs[i].Spread = "zone"
@@ -345,8 +347,7 @@ func TestWeightedZeroWeightsCountOne(t *testing.T) {
 	if n.Load() != 4 || n.Utilisation() != 4 {
 		t.Fatalf("Load %v, Utilisation %v; want 4, 4", n.Load(), n.Utilisation())
 	}
-	if !n.Meets(Channel{}) || n.Meets(Channel{Require: map[string]string{"zone": "a"}}) {
+	if !n.Meets(Channel{}) || n.Meets(Channel{Require: meta.MustLabels("zone=a")}) {
 		t.Fatal("Meets")
 	}
-	_ = meta.DefaultWeight
 }

@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -123,7 +124,136 @@ func validateLabelPart(s string) error {
 	return nil
 }
 
-// ValidateLabels checks a label set (node labels or required labels).
+// Labels is an immutable set of key=value labels: a node's labels, or the
+// labels a channel requires. It is comparable (so are the structs that hold
+// it) and kept in one canonical form, sorted by key; the zero Labels is
+// the empty set. It encodes in JSON as an object ({"zone":"a"}).
+type Labels struct{ s string } // "k1=v1,k2=v2": keys and values hold no ',' or '='
+
+// NewLabels validates m (ValidateLabels) and returns it as Labels.
+func NewLabels(m map[string]string) (Labels, error) {
+	if err := ValidateLabels(m); err != nil {
+		return Labels{}, err
+	}
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(m[k])
+	}
+	return Labels{b.String()}, nil
+}
+
+// MustLabels returns the labels "key=value"... and panics on a malformed
+// one: for literals in tests and examples.
+func MustLabels(items ...string) Labels {
+	l, err := ParseLabels(items)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// ParseLabels parses "key=value" items (as the CLI's --label takes them);
+// a key given twice is an error.
+func ParseLabels(items []string) (Labels, error) {
+	if len(items) == 0 {
+		return Labels{}, nil
+	}
+	m := make(map[string]string, len(items))
+	for _, it := range items {
+		k, v, err := ParseLabel(it)
+		if err != nil {
+			return Labels{}, err
+		}
+		if old, dup := m[k]; dup {
+			return Labels{}, fmt.Errorf("%w: label key %q given twice (%q and %q)", ErrInvalidPlacement, k, old, v)
+		}
+		m[k] = v
+	}
+	return NewLabels(m)
+}
+
+// String is the canonical form "k1=v1,k2=v2" ("" for none).
+func (l Labels) String() string { return l.s }
+
+// IsZero reports whether l is empty.
+func (l Labels) IsZero() bool { return l.s == "" }
+
+// Len is the number of labels.
+func (l Labels) Len() int {
+	if l.s == "" {
+		return 0
+	}
+	return strings.Count(l.s, ",") + 1
+}
+
+// Get returns the value of key k.
+func (l Labels) Get(k string) (string, bool) {
+	for rest := l.s; rest != ""; {
+		var item string
+		item, rest, _ = strings.Cut(rest, ",")
+		if key, v, _ := strings.Cut(item, "="); key == k {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// Map returns the labels as a new map (nil for none).
+func (l Labels) Map() map[string]string {
+	if l.s == "" {
+		return nil
+	}
+	m := map[string]string{}
+	for _, item := range strings.Split(l.s, ",") {
+		k, v, _ := strings.Cut(item, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// Meets reports whether l carries every label of require.
+func (l Labels) Meets(require Labels) bool {
+	if require.s == "" {
+		return true
+	}
+	for _, item := range strings.Split(require.s, ",") {
+		k, v, _ := strings.Cut(item, "=")
+		if got, ok := l.Get(k); !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// MarshalJSON writes l as a JSON object.
+func (l Labels) MarshalJSON() ([]byte, error) {
+	m := l.Map()
+	if m == nil {
+		return []byte("{}"), nil
+	}
+	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads a JSON object of string values and validates it.
+func (l *Labels) UnmarshalJSON(b []byte) error {
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	nl, err := NewLabels(m)
+	if err != nil {
+		return err
+	}
+	*l = nl
+	return nil
+}
+
+// ValidateLabels checks a label set given as a map.
 func ValidateLabels(labels map[string]string) error {
 	if len(labels) > MaxLabels {
 		return fmt.Errorf("%w: %d labels, max %d", ErrInvalidPlacement, len(labels), MaxLabels)
@@ -139,8 +269,7 @@ func ValidateLabels(labels map[string]string) error {
 	return nil
 }
 
-// ParseLabel parses "key=value" (as the CLI's --label and --require take
-// it).
+// ParseLabel parses "key=value".
 func ParseLabel(s string) (key, value string, err error) {
 	k, v, ok := strings.Cut(s, "=")
 	if !ok {
@@ -155,60 +284,13 @@ func ParseLabel(s string) (key, value string, err error) {
 	return k, v, nil
 }
 
-// ParseLabels parses "key=value" items into a map (nil for none); a key
-// given twice is an error.
-func ParseLabels(items []string) (map[string]string, error) {
-	if len(items) == 0 {
-		return nil, nil
-	}
-	out := make(map[string]string, len(items))
-	for _, it := range items {
-		k, v, err := ParseLabel(it)
-		if err != nil {
-			return nil, err
-		}
-		if old, dup := out[k]; dup {
-			return nil, fmt.Errorf("%w: label key %q given twice (%q and %q)", ErrInvalidPlacement, k, old, v)
-		}
-		out[k] = v
-	}
-	if err := ValidateLabels(out); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// FormatLabels writes labels as "k=v,k2=v2", sorted by key ("" for none).
-func FormatLabels(labels map[string]string) string {
-	var b strings.Builder
-	for i, k := range slices.Sorted(maps.Keys(labels)) {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(labels[k])
-	}
-	return b.String()
-}
-
-// Meets reports whether a node with labels has every label in require.
-func Meets(labels, require map[string]string) bool {
-	for k, v := range require {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
-}
-
 // validatePlacement checks a spec's weight and constraints.
 func (s ChannelSpec) validatePlacement() error {
 	if err := ValidateWeight(s.Weight); err != nil {
 		return fmt.Errorf("channel %q: %w", s.Name, err)
 	}
-	if err := ValidateLabels(s.Require); err != nil {
-		return fmt.Errorf("channel %q: require: %w", s.Name, err)
+	if s.Require.Len() > MaxLabels {
+		return fmt.Errorf("channel %q: require: %w: %d labels, max %d", s.Name, ErrInvalidPlacement, s.Require.Len(), MaxLabels)
 	}
 	if s.Spread != "" {
 		if err := ValidateLabelKey(s.Spread); err != nil {
@@ -219,7 +301,7 @@ func (s ChannelSpec) validatePlacement() error {
 }
 
 func (s ChannelSpec) schemaVersion() int {
-	if s.Weight != 0 || len(s.Require) > 0 || s.Spread != "" {
+	if s.Weight != 0 || !s.Require.IsZero() || s.Spread != "" {
 		return PlacementSchemaVersion
 	}
 	return SchemaVersion
@@ -230,14 +312,14 @@ func (s NodeSession) validatePlacement() error {
 	if err := ValidateCapacity(s.Capacity); err != nil {
 		return fmt.Errorf("node %d: %w", s.ID, err)
 	}
-	if err := ValidateLabels(s.Labels); err != nil {
-		return fmt.Errorf("node %d: labels: %w", s.ID, err)
+	if s.Labels.Len() > MaxLabels {
+		return fmt.Errorf("node %d: labels: %w: %d labels, max %d", s.ID, ErrInvalidPlacement, s.Labels.Len(), MaxLabels)
 	}
 	return nil
 }
 
 func (s NodeSession) schemaVersion() int {
-	if s.Capacity != 0 || len(s.Labels) > 0 {
+	if s.Capacity != 0 || !s.Labels.IsZero() {
 		return PlacementSchemaVersion
 	}
 	return SchemaVersion

@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"strings"
@@ -15,7 +16,7 @@ func TestDecodeOldPlacementValues(t *testing.T) {
 	if err != nil {
 		t.Fatalf("old spec: %v", err)
 	}
-	if spec.Weight != 0 || spec.EffectiveWeight() != 1 || spec.Require != nil || spec.Spread != "" || spec.CollectionID != 7 {
+	if spec.Weight != 0 || spec.EffectiveWeight() != 1 || !spec.Require.IsZero() || spec.Spread != "" || spec.CollectionID != 7 {
 		t.Fatalf("old spec decoded as %+v", spec)
 	}
 	sess, err := DecodeNodeSession(NodeSessionKey(3),
@@ -23,7 +24,7 @@ func TestDecodeOldPlacementValues(t *testing.T) {
 	if err != nil {
 		t.Fatalf("old session: %v", err)
 	}
-	if sess.Capacity != 0 || sess.EffectiveCapacity() != 1 || sess.Labels != nil || sess.TTL != 10*time.Second {
+	if sess.Capacity != 0 || sess.EffectiveCapacity() != 1 || !sess.Labels.IsZero() || sess.TTL != 10*time.Second {
 		t.Fatalf("old session decoded as %+v", sess)
 	}
 }
@@ -39,7 +40,7 @@ func TestPlacementSchemaVersion(t *testing.T) {
 	if got, want := string(b), `{"v":1,"name":"c","collection_id":1}`; got != want {
 		t.Fatalf("plain spec = %s, want %s", got, want)
 	}
-	in := ChannelSpec{Name: "c", CollectionID: 1, Weight: 2.5, Require: map[string]string{"group": "ingest"}, Spread: "zone"}
+	in := ChannelSpec{Name: "c", CollectionID: 1, Weight: 2.5, Require: MustLabels("group=ingest"), Spread: "zone"}
 	b, err = EncodeChannelSpec(in)
 	if err != nil {
 		t.Fatal(err)
@@ -48,19 +49,19 @@ func TestPlacementSchemaVersion(t *testing.T) {
 		t.Fatalf("spec with placement fields = %s, want version 2", b)
 	}
 	out, err := DecodeChannelSpec(RegistryKey("c"), b)
-	if err != nil || out.Weight != 2.5 || out.Require["group"] != "ingest" || out.Spread != "zone" {
+	if err != nil || out.Weight != 2.5 || out.Require.String() != "group=ingest" || out.Spread != "zone" {
 		t.Fatalf("round trip: %+v, %v", out, err)
 	}
 	// What a reader of version 1 sees: a value it refuses.
 	if err := decode("k", b, &ChannelSpec{}); !errors.Is(err, ErrCorruptValue) {
 		t.Fatalf("a version-1 reader decoded a version-2 spec: %v", err)
 	}
-	sb, err := EncodeNodeSession(NodeSession{ID: 4, State: NodeServing, Capacity: 4, Labels: map[string]string{"zone": "a"}})
+	sb, err := EncodeNodeSession(NodeSession{ID: 4, State: NodeServing, Capacity: 4, Labels: MustLabels("zone=a")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, err := DecodeNodeSession(NodeSessionKey(4), sb)
-	if err != nil || s.Capacity != 4 || s.Labels["zone"] != "a" || !strings.HasPrefix(string(sb), `{"v":2,`) {
+	if err != nil || s.Capacity != 4 || s.Labels.String() != "zone=a" || !strings.HasPrefix(string(sb), `{"v":2,`) {
 		t.Fatalf("session round trip: %s -> %+v, %v", sb, s, err)
 	}
 	for name, v := range map[string]string{
@@ -99,8 +100,8 @@ func TestValidatePlacementInputs(t *testing.T) {
 	if _, err := EncodeNodeSession(NodeSession{ID: 1, Capacity: math.Inf(1)}); !errors.Is(err, ErrInvalidPlacement) {
 		t.Errorf("infinite capacity: %v", err)
 	}
-	if _, err := EncodeChannelSpec(ChannelSpec{Name: "c", Require: map[string]string{"zone": "a b"}}); !errors.Is(err, ErrInvalidPlacement) {
-		t.Errorf("bad required value: %v", err)
+	if _, err := NewLabels(map[string]string{"zone": "a b"}); !errors.Is(err, ErrInvalidPlacement) {
+		t.Errorf("bad label value: %v", err)
 	}
 	too := map[string]string{}
 	for i := range MaxLabels + 1 {
@@ -116,18 +117,33 @@ func TestParseLabels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := FormatLabels(got); s != "group=ingest,k8s.io/role=data,zone=us-east-1a" {
-		t.Fatalf("FormatLabels = %q", s)
+	if s := got.String(); s != "group=ingest,k8s.io/role=data,zone=us-east-1a" {
+		t.Fatalf("String = %q", s)
+	}
+	if v, ok := got.Get("k8s.io/role"); !ok || v != "data" || got.Len() != 3 {
+		t.Fatalf("Get = %q, %v; Len = %d", v, ok, got.Len())
+	}
+	if _, ok := got.Get("role"); ok {
+		t.Fatal("Get of a missing key")
+	}
+	b, err := json.Marshal(got)
+	if err != nil || string(b) != `{"group":"ingest","k8s.io/role":"data","zone":"us-east-1a"}` {
+		t.Fatalf("JSON %s, %v", b, err)
+	}
+	var back Labels
+	if err := json.Unmarshal(b, &back); err != nil || back != got {
+		t.Fatalf("JSON round trip: %v, %v", back, err)
 	}
 	for _, bad := range [][]string{{"zone"}, {"=a"}, {"zone="}, {"zone=a", "zone=b"}, {"zo ne=a"}, {"zone=a=b"}, {strings.Repeat("k", 64) + "=v"}} {
 		if _, err := ParseLabels(bad); !errors.Is(err, ErrInvalidPlacement) {
 			t.Errorf("ParseLabels(%q): err = %v, want ErrInvalidPlacement", bad, err)
 		}
 	}
-	if l, err := ParseLabels(nil); l != nil || err != nil {
+	if l, err := ParseLabels(nil); !l.IsZero() || err != nil {
 		t.Fatalf("ParseLabels(nil) = %v, %v", l, err)
 	}
-	if !Meets(map[string]string{"zone": "a", "group": "g"}, map[string]string{"group": "g"}) || Meets(nil, map[string]string{"group": "g"}) || !Meets(nil, nil) {
+	node, req := MustLabels("zone=a", "group=g"), MustLabels("group=g")
+	if !node.Meets(req) || (Labels{}).Meets(req) || !(Labels{}).Meets(Labels{}) || node.Meets(MustLabels("group=h")) {
 		t.Fatal("Meets")
 	}
 }

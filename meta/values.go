@@ -24,7 +24,7 @@ type ChannelSpec struct {
 	Weight float64 `json:"weight,omitempty"`
 	// Require lists labels a node must carry to take the channel: a hard
 	// constraint (group=ingest).
-	Require map[string]string `json:"require,omitempty"`
+	Require Labels `json:"require,omitzero"`
 	// Spread names a node label (zone) across whose values the channels of
 	// the collection should spread: a preference, not a constraint.
 	Spread string `json:"spread,omitempty"`
@@ -110,8 +110,8 @@ type NodeSession struct {
 	// Capacity is how much load the node takes relative to others (0:
 	// DefaultCapacity), and Labels what it offers to channel constraints
 	// (zone=a, group=ingest); see placement.go.
-	Capacity float64           `json:"capacity,omitempty"`
-	Labels   map[string]string `json:"labels,omitempty"`
+	Capacity float64 `json:"capacity,omitempty"`
+	Labels   Labels  `json:"labels,omitzero"`
 }
 
 // CoordSession is session/coord, attached to the leader's lease.

@@ -46,6 +46,8 @@ type config struct {
 	addr       string
 	version    string
 	reg        prometheus.Registerer
+	capacity   float64     // see WithCapacity
+	labels     meta.Labels // see WithLabels
 }
 
 // WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
@@ -242,6 +244,9 @@ func newConfig(opts []Option) (config, error) {
 	case cfg.clock == nil:
 		return bad("nil clock")
 	}
+	if err := cfg.validatePlacement(); err != nil {
+		return bad("%v", err)
+	}
 	if cfg.log == nil {
 		cfg.log = zap.NewNop()
 	}
@@ -356,7 +361,7 @@ func (n *Node) register(ctx context.Context) (*incarnation, error) {
 	if err != nil {
 		return nil, err
 	}
-	node, err := session.RegisterNode(ctx, n.b, sess, meta.NodeSession{Addr: n.cfg.addr, Version: n.cfg.version})
+	node, err := session.RegisterNode(ctx, n.b, sess, n.sessionInfo())
 	if err != nil {
 		_ = sess.Close(ctx)
 		return nil, err
