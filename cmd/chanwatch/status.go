@@ -29,6 +29,7 @@ type nodeStatus struct {
 	Health           string     `json:"health"`
 	QuarantinedUntil *time.Time `json:"quarantined_until,omitempty"`
 	QuarantineReason string     `json:"quarantine_reason,omitempty"`
+	placementStatus
 }
 
 type channelStatus struct {
@@ -53,6 +54,7 @@ type channelStatus struct {
 	// registered, but the coordinator cannot read its spec).
 	RegistryCorrupt bool `json:"registry_corrupt,omitempty"`
 	createRev       int64
+	channelPlacement
 }
 
 type statusReport struct {
@@ -89,6 +91,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	leases := map[int64]kv.LeaseID{}
 	incarnations := map[int64]int64{} // node ID -> session key create revision
 	quarantine := map[int64]meta.Quarantine{}
+	specs := map[string]meta.ChannelSpec{}
 	now := time.Now()
 	for _, it := range items {
 		switch {
@@ -99,9 +102,11 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 				continue
 			}
 			registered[ch] = true
-			if _, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
+			if spec, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
 				r.Corrupt = append(r.Corrupt, it.Key)
 				corruptSpec[ch] = true
+			} else {
+				specs[ch] = spec
 			}
 		case strings.HasPrefix(it.Key, meta.NodeSessionPrefix):
 			s, err := meta.DecodeNodeSession(it.Key, it.Value)
@@ -113,7 +118,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			if s.State == meta.NodeEvicted {
 				state = fmt.Sprintf("evicted by token %d: %s", s.EvictedBy, s.EvictReason)
 			}
-			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state}
+			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state, placementStatus: nodePlacement(s)}
 			leases[s.ID] = it.Lease
 			incarnations[s.ID] = it.CreateRevision
 		case it.Key == meta.CoordinatorKey:
@@ -175,6 +180,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			r.OwnerGone = append(r.OwnerGone, c.Name)
 		}
 	}
+	addPlacement(r, nodes, specs)
 	for ch := range registered {
 		if !assigned[ch] {
 			r.Unassigned = append(r.Unassigned, ch)
@@ -226,7 +232,7 @@ func problems(r *statusReport) []string {
 	if n := len(r.Corrupt); n > 0 {
 		p = append(p, fmt.Sprintf("%d corrupt key(s)", n))
 	}
-	return p
+	return append(p, waitingProblems(r)...)
 }
 
 // abbrev joins the first few names of list.
@@ -293,6 +299,7 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 		}
 		nodes = append(nodes, []string{fmt.Sprint(n.ID), orDash(n.Addr), n.State, health, fmt.Sprint(n.Channels), fmt.Sprintf("%.1fs", n.LeaseTTLSec)})
 	}
+	nodes = nodePlacementColumns(nodes, shown)
 	if !addr { // no node serves HTTP: the column would be all dashes
 		for i := range nodes {
 			nodes[i] = append(nodes[i][:1:1], nodes[i][2:]...)
@@ -322,6 +329,7 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 			}
 			chans = append(chans, []string{c.Name, fmt.Sprint(c.Collection), owner, state, fmt.Sprintf("%.1fs", c.AgeSec), fmt.Sprint(c.Attempts), orDash(c.LastError)})
 		}
+		chans = channelPlacementColumns(chans, shown)
 		fmt.Fprintln(w)
 		writeTable(w, chans)
 	}
