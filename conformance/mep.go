@@ -65,6 +65,11 @@ var mepScenarios = []mepScenario{
 	{"FailingNodeQuarantined", mepFailingNodeQuarantined},
 	{"TwoFailingNodes", mepTwoFailingNodes},
 	{"FailingNodeRecovers", mepFailingNodeRecovers},
+	{"WeightedSpread", mepWeightedSpread},
+	{"CapacityChange", mepCapacityChange},
+	{"LabelConstrainedPlacement", mepLabelConstrainedPlacement},
+	{"ConstraintNoNodeMeets", mepConstraintNoNodeMeets},
+	{"ZoneSpreadSurvivesZoneLoss", mepZoneSpreadSurvivesZoneLoss},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 
