@@ -170,3 +170,35 @@ func TestCapacityChangeRebalances(t *testing.T) {
 		t.Fatalf("balanced cluster kept moving channels: %v", h.counts())
 	}
 }
+
+type panicky struct{ rogue }
+
+func (panicky) Place([]Channel, []NodeLoad) []int64 { panic("no") }
+
+// PlaceConstrained runs any policy under the constraints, as the
+// coordinator does, and survives a policy that panics or ignores labels.
+func TestPlaceConstrained(t *testing.T) {
+	nodes := []NodeLoad{{ID: 1}, {ID: 2, Labels: meta.MustLabels("group=ingest")}, {ID: 3, Labels: meta.MustLabels("group=ingest")}}
+	var chs []Channel
+	for i := range 12 {
+		c := Channel{Name: fmt.Sprintf("c%02d", i), CollectionID: 1}
+		if i%2 == 0 {
+			c.Require = meta.MustLabels("group=ingest")
+		}
+		chs = append(chs, c)
+	}
+	chs = append(chs, Channel{Name: "gpu", Require: meta.MustLabels("group=gpu")})
+	for name, p := range map[string]Policy{"LeastLoaded": LeastLoaded(), "ConsistentHash": ConsistentHash(0), "rogue": rogue{}, "panicky": panicky{}} {
+		got := PlaceConstrained(p, chs, nodes)
+		for i, id := range got {
+			switch {
+			case chs[i].Name == "gpu" && id != 0:
+				t.Errorf("%s: gpu placed on node %d; no node has group=gpu", name, id)
+			case chs[i].Name != "gpu" && id == 0:
+				t.Errorf("%s: %s not placed", name, chs[i].Name)
+			case !chs[i].Require.IsZero() && id == 1:
+				t.Errorf("%s: %s placed on node 1, which lacks group=ingest", name, chs[i].Name)
+			}
+		}
+	}
+}
