@@ -29,10 +29,11 @@ func nodesAt(full int, scale float64, lo int) int {
 	return min(full, scaled(full, scale*10, lo))
 }
 
-// Scenarios returns the seven scenarios at a scale: 1 is the full run
-// (B1 10,000 channels on 100 nodes; B2 10,000 on 10; B3 and B5 100,000 on
+// Scenarios returns the scenarios at a scale: 1 is the full run (B1
+// 10,000 channels on 100 nodes; B2 10,000 on 10; B3 and B5 100,000 on
 // 1,000; B4 32,000 txns from 64 clients; B6 10k/100k/1M on 1,000 nodes;
-// B7 1,000 on 10), 0.1 the quick one (a tenth of every size).
+// B7 1,000 on 10; B11 10,000 weighted channels on 20 nodes, policy only),
+// 0.1 the quick one (a tenth of every size).
 func Scenarios(scale float64) []Scenario {
 	b1c, b1n := scaled(10000, scale, 20), nodesAt(100, scale, 4)
 	b2c, b2n := scaled(10000, scale, 20), nodesAt(10, scale, 3)
@@ -40,6 +41,7 @@ func Scenarios(scale float64) []Scenario {
 	b4t, b4c := scaled(32000, scale, 64), 64
 	b6s, b6n := []int{scaled(10000, scale, 100), scaled(100000, scale, 1000), scaled(1000000, scale, 10000)}, nodesAt(1000, scale, 10)
 	b7c, b7n := scaled(1000, scale, 20), nodesAt(10, scale, 4)
+	b11c, b11n := scaled(10000, scale, 200), 20
 	return []Scenario{
 		{"B1", "B1 assign", fmt.Sprintf("%d channels, %d nodes", b1c, b1n),
 			func(ctx context.Context, e *Env) (Result, error) { return Assign(ctx, e, b1c, b1n) }},
@@ -55,6 +57,8 @@ func Scenarios(scale float64) []Scenario {
 			func(ctx context.Context, e *Env) (Result, error) { return Growth(ctx, e, b6s, b6n) }},
 		{"B7", "B7 writes", fmt.Sprintf("%d channels, %d nodes", b7c, b7n),
 			func(ctx context.Context, e *Env) (Result, error) { return Writes(ctx, e, b7c, b7n) }},
+		{"B11", "B11 balance", fmt.Sprintf("%d weighted channels, %d nodes (policy only)", b11c, b11n),
+			func(ctx context.Context, _ *Env) (Result, error) { return Balance(ctx, b11c, b11n) }},
 	}
 }
 
