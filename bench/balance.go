@@ -164,12 +164,12 @@ func runBalance(ctx context.Context, p channelmgr.Policy, in balanceCase, budget
 	for i, n := range nodes {
 		at[n.ID] = i
 	}
+	s.in = in
 	start := time.Now()
 	for lo := 0; lo < len(in.chs); {
 		if err := ctx.Err(); err != nil {
 			return s, err
 		}
-		s.in = in
 		hi := min(lo+100, len(in.chs))
 		for hi < len(in.chs) && in.chs[hi].CollectionID == in.chs[hi-1].CollectionID {
 			hi++
