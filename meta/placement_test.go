@@ -147,3 +147,32 @@ func TestParseLabels(t *testing.T) {
 		t.Fatal("Meets")
 	}
 }
+
+func TestLoadReport(t *testing.T) {
+	in := LoadReport{Node: 3, Time: time.Unix(100, 0).UTC(), Loads: map[string]float64{"a": 2.5, "b": 0}}
+	b, err := EncodeLoadReport(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := DecodeLoadReport(LoadKey(3), b)
+	if err != nil || out.Node != 3 || out.Loads["a"] != 2.5 || len(out.Loads) != 2 {
+		t.Fatalf("round trip: %+v, %v", out, err)
+	}
+	if id, err := ParseLoadKey(LoadKey(12)); err != nil || id != 12 {
+		t.Fatalf("ParseLoadKey = %d, %v", id, err)
+	}
+	for _, k := range []string{"load/", "load/0", "load/x", "load/1/2", "channel/1"} {
+		if _, err := ParseLoadKey(k); !errors.Is(err, ErrBadKey) {
+			t.Errorf("ParseLoadKey(%q) = %v, want ErrBadKey", k, err)
+		}
+	}
+	for _, bad := range []LoadReport{{Node: 0}, {Node: 1, Loads: map[string]float64{"a/b": 1}}, {Node: 1, Loads: map[string]float64{"a": -1}},
+		{Node: 1, Loads: map[string]float64{"a": math.Inf(1)}}} {
+		if _, err := EncodeLoadReport(bad); err == nil {
+			t.Errorf("EncodeLoadReport(%+v) succeeded", bad)
+		}
+	}
+	if _, err := DecodeLoadReport("load/1", []byte(`{"v":1,"node":1,"loads":{"a":-3}}`)); !errors.Is(err, ErrCorruptValue) {
+		t.Errorf("negative load decoded: %v", err)
+	}
+}

@@ -46,8 +46,9 @@ type config struct {
 	addr       string
 	version    string
 	reg        prometheus.Registerer
-	capacity   float64     // see WithCapacity
-	labels     meta.Labels // see WithLabels
+	capacity   float64       // see WithCapacity
+	labels     meta.Labels   // see WithLabels
+	loadEvery  time.Duration // see WithLoadInterval
 }
 
 // WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
@@ -128,6 +129,8 @@ type Node struct {
 	// held names the channels whose last Release failed: the handler
 	// still holds them, across incarnations, until a Release succeeds.
 	held map[string]bool
+	// loads is what the handler reported with ReportLoad (see load.go).
+	loads *loadState
 }
 
 // unreleased reports whether the handler still holds channel name because

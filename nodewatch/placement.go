@@ -22,6 +22,9 @@ func WithCapacity(c float64) Option { return func(cfg *config) { cfg.capacity = 
 func WithLabels(labels meta.Labels) Option { return func(cfg *config) { cfg.labels = labels } }
 
 func (c *config) validatePlacement() error {
+	if c.loadEvery < 0 {
+		return fmt.Errorf("load interval %v must be >= 0 (0: %v)", c.loadEvery, DefaultLoadInterval)
+	}
 	return meta.ValidateCapacity(c.capacity)
 }
 
