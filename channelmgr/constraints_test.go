@@ -202,3 +202,46 @@ func TestPlaceConstrained(t *testing.T) {
 		}
 	}
 }
+
+// A node's measured loads replace the spec's weights for Weighted: a
+// channel measured far above the rest ends up nearly alone on its node.
+func TestMeasuredLoadRebalances(t *testing.T) {
+	h := newHarness(t)
+	nodes := h.addNodes(2)
+	chs := names("m", 10)
+	h.register(1, chs...)
+	c := h.lead(WithPolicy(Weighted()))
+	h.advance(3*step, c)
+	h.eventually("every channel Watched", func() bool { return h.allWatched(chs) })
+	a := nodes[0]
+	var heavy string
+	loads := map[string]float64{}
+	for ch, as := range h.assignments() {
+		if as.node == a.id {
+			loads[ch] = 1
+			if heavy == "" || ch < heavy {
+				heavy = ch
+			}
+		}
+	}
+	loads[heavy] = 20 // a: 24, the other node: 5
+	val, err := meta.EncodeLoadReport(meta.LoadReport{Node: a.id, Time: h.clk.Now(), Loads: loads})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.kv.Txn(h.ctx, kv.Txn{Then: []kv.Op{kv.OpPutLease(meta.LoadKey(a.id), val, a.lease)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("the heavy channel to be left alone on its node", func() bool {
+		h.advance(step, c)
+		return h.counts()[a.id] == 1 && h.allWatched(chs)
+	})
+	if as := h.assignments()[heavy]; as.node != a.id {
+		t.Fatalf("the heavy channel %s moved to node %d; the light ones should move", heavy, as.node)
+	}
+	rev := h.lastChannelRev()
+	h.advance(10*step, c)
+	if got := h.lastChannelRev(); got != rev {
+		t.Fatalf("balanced by measured load, channels kept moving: %v", h.counts())
+	}
+}

@@ -359,7 +359,7 @@ func (r *reconciler) policyChannel(ch string, reg *regEntry, avoid int64) Channe
 	c := Channel{Name: ch, Avoid: avoid}
 	if reg != nil {
 		c.CollectionID = reg.spec.CollectionID
-		c.Weight, c.Require, c.Spread = reg.spec.Weight, reg.spec.Require, reg.spec.Spread
+		c.Weight, c.Require, c.Spread = r.weightOf(ch, reg), reg.spec.Require, reg.spec.Spread
 	}
 	return c
 }
