@@ -70,6 +70,7 @@ var mepScenarios = []mepScenario{
 	{"LabelConstrainedPlacement", mepLabelConstrainedPlacement},
 	{"ConstraintNoNodeMeets", mepConstraintNoNodeMeets},
 	{"ZoneSpreadSurvivesZoneLoss", mepZoneSpreadSurvivesZoneLoss},
+	{"MeasuredLoad", mepMeasuredLoad},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -312,3 +312,37 @@ func mepZoneSpreadSurvivesZoneLoss(t *testing.T, m *mep) {
 	m.settle()
 	check("zone a lost", 1) // three channels over two zones: 2 and 1
 }
+
+func mepMeasuredLoad(t *testing.T, m *mep) {
+	fast := func(c *nodeCfg) { c.extra = append(c.extra, nodewatch.WithLoadInterval(m.tm.progress)) }
+	a, b := m.startNode(fast), m.startNode(fast)
+	m.weightedCoord()
+	chs := names("measured", 10)
+	m.register(1, chs...)
+	m.waitBalanced("equal weights: equal counts")
+	// a's handler measures one of its channels at 20 and the rest at 1.
+	on := m.channelsOn(a.ID())
+	heavy := on[0]
+	for _, ch := range on {
+		l := 1.0
+		if ch == heavy {
+			l = 20
+		}
+		if err := a.n.ReportLoad(ch, l); err != nil {
+			m.fatalf("ReportLoad: %v", err)
+		}
+	}
+	m.waitFor(fmt.Sprintf("%s to keep only the heavy channel", a.name), func() string {
+		if why := m.unsettled(); why != "" {
+			return why
+		}
+		if c := m.counts(); c[a.ID()] != 1 || c[b.ID()] != len(chs)-1 {
+			return fmt.Sprintf("counts %v", c)
+		}
+		return ""
+	})
+	if id := m.chk.View().Assign[heavy].NodeID; id != a.ID() {
+		m.fatalf("the heavy channel %s moved to node %d; the light ones should have", heavy, id)
+	}
+	m.requireStable(m.stableWindow(), "a cluster balanced by measured load")
+}
