@@ -92,6 +92,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	incarnations := map[int64]int64{} // node ID -> session key create revision
 	quarantine := map[int64]meta.Quarantine{}
 	specs := map[string]meta.ChannelSpec{}
+	loads := map[int64]map[string]float64{} // load/<id>: measured loads
 	now := time.Now()
 	for _, it := range items {
 		switch {
@@ -133,6 +134,12 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			}
 		case it.Key == meta.BalancePausedKey:
 			r.BalancePaused = true
+		case strings.HasPrefix(it.Key, meta.LoadPrefix):
+			if rep, err := meta.DecodeLoadReport(it.Key, it.Value); err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+			} else {
+				loads[rep.Node] = rep.Loads
+			}
 		case strings.HasPrefix(it.Key, meta.QuarantinePrefix):
 			id, err := meta.ParseQuarantineKey(it.Key)
 			if err != nil {
@@ -180,7 +187,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			r.OwnerGone = append(r.OwnerGone, c.Name)
 		}
 	}
-	addPlacement(r, nodes, specs)
+	addPlacement(r, nodes, specs, loads)
 	for ch := range registered {
 		if !assigned[ch] {
 			r.Unassigned = append(r.Unassigned, ch)

@@ -22,6 +22,9 @@ type channelPlacement struct {
 	Weight  float64 `json:"weight"`
 	Require string  `json:"require,omitempty"`
 	Spread  string  `json:"spread,omitempty"`
+	// MeasuredLoad is the load its node last reported for it (load/<id>),
+	// which counts in place of Weight.
+	MeasuredLoad *float64 `json:"measured_load,omitempty"`
 	// Waiting: the channel waits in remaining because no serving node may
 	// take it (LastError says why).
 	Waiting bool `json:"waiting,omitempty"`
@@ -31,8 +34,9 @@ func nodePlacement(s meta.NodeSession) placementStatus {
 	return placementStatus{Capacity: s.EffectiveCapacity(), Labels: s.Labels.Map()}
 }
 
-// addPlacement fills weights, constraints and node loads.
-func addPlacement(r *statusReport, nodes map[int64]*nodeStatus, specs map[string]meta.ChannelSpec) {
+// addPlacement fills weights, constraints and node loads (a channel's
+// measured load, when its node reports one, in place of its weight).
+func addPlacement(r *statusReport, nodes map[int64]*nodeStatus, specs map[string]meta.ChannelSpec, loads map[int64]map[string]float64) {
 	for i := range r.Channels {
 		c := &r.Channels[i]
 		spec, ok := specs[c.Name]
@@ -41,8 +45,12 @@ func addPlacement(r *statusReport, nodes map[int64]*nodeStatus, specs map[string
 			c.Weight, c.Require, c.Spread = spec.EffectiveWeight(), spec.Require.String(), spec.Spread
 		}
 		c.Waiting = c.Node == 0 && strings.HasPrefix(c.LastError, "waiting:")
+		load := c.Weight
+		if m, ok := loads[c.Node][c.Name]; ok && c.Node != 0 {
+			c.MeasuredLoad, load = &m, m
+		}
 		if n := nodes[c.Node]; n != nil && c.Registered {
-			n.Load += c.Weight
+			n.Load += load
 		}
 	}
 	for _, n := range nodes {
@@ -81,7 +89,7 @@ func usesPlacement(r *statusReport) bool {
 		}
 	}
 	for _, c := range r.Channels {
-		if c.Weight != meta.DefaultWeight || c.Require != "" || c.Spread != "" {
+		if c.Weight != meta.DefaultWeight || c.Require != "" || c.Spread != "" || c.MeasuredLoad != nil {
 			return true
 		}
 	}
@@ -105,9 +113,13 @@ func channelPlacementColumns(rows [][]string, r *statusReport) [][]string {
 	if !usesPlacement(r) {
 		return rows
 	}
-	rows[0] = append(rows[0], "WEIGHT", "REQUIRE", "SPREAD")
+	rows[0] = append(rows[0], "WEIGHT", "MEASURED", "REQUIRE", "SPREAD")
 	for i, c := range r.Channels {
-		rows[i+1] = append(rows[i+1], fmt.Sprintf("%g", c.Weight), orDash(c.Require), orDash(c.Spread))
+		measured := "-"
+		if c.MeasuredLoad != nil {
+			measured = fmt.Sprintf("%g", *c.MeasuredLoad)
+		}
+		rows[i+1] = append(rows[i+1], fmt.Sprintf("%g", c.Weight), measured, orDash(c.Require), orDash(c.Spread))
 	}
 	return rows
 }

@@ -38,6 +38,13 @@ func TestRegisterPlacementAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.put(t, meta.RemainingKey("ch-gpu"), info)
+	// A channel on node 4 whose measured load counts in place of its weight.
+	s.assign(t, 4, "ch-cpu", meta.Watched)
+	rep, err := meta.EncodeLoadReport(meta.LoadReport{Node: 4, Time: time.Now(), Loads: map[string]float64{"ch-cpu": 7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.put(t, meta.LoadKey(4), rep)
 	_, out, _ = s.cli(t, "status", "--exit-zero")
 	for _, want := range []string{"CAPACITY", "LABELS", "group=cpu,zone=a", "WEIGHT", "REQUIRE", "group=gpu", "2.5",
 		"PROBLEM: 1 channel(s) wait for a node that may take them (ch-gpu): no serving node has the required labels group=gpu"} {
@@ -46,7 +53,8 @@ func TestRegisterPlacementAndStatus(t *testing.T) {
 		}
 	}
 	_, out, _ = s.cli(t, "status", "-o", "json", "--exit-zero")
-	for _, want := range []string{`"capacity": 2`, `"zone": "a"`, `"weight": 2.5`, `"require": "group=gpu"`, `"waiting": true`} {
+	for _, want := range []string{`"capacity": 2`, `"zone": "a"`, `"weight": 2.5`, `"require": "group=gpu"`, `"waiting": true`,
+		`"measured_load": 7`, `"load": 7`, `"utilisation": 3.5`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status -o json lacks %q:\n%s", want, out)
 		}
