@@ -724,6 +724,10 @@ func (r *reconciler) placeUnit(pl placement, target int64, wait string, now time
 		if from >= 0 {
 			fields = append(fields, zap.Int64("from", from))
 		}
+		if target == 0 && wait != "" {
+			r.log.Warn("channel remaining: no serving node may take it", append(fields, zap.String("why", wait))...)
+			return
+		}
 		if target == 0 {
 			r.log.Info("channel remaining: no serving node", fields...)
 			return
