@@ -2,10 +2,12 @@ package channelmgr
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"pgregory.net/rapid"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
@@ -244,4 +246,29 @@ func TestMeasuredLoadRebalances(t *testing.T) {
 	if got := h.lastChannelRev(); got != rev {
 		t.Fatalf("balanced by measured load, channels kept moving: %v", h.counts())
 	}
+}
+
+// Whatever the policy, PlaceConstrained (the coordinator's grouping and
+// checks) never puts a channel on a node without its required labels, and
+// places every channel some node may take.
+func TestPropertyPlaceConstrainedEveryPolicy(t *testing.T) {
+	policies := []Policy{LeastLoaded(), ConsistentHash(16), Weighted(), rogue{}, panicky{}}
+	rapid.Check(t, func(t *rapid.T) {
+		nodes, chs := genCluster(t, true)
+		p := policies[rapid.IntRange(0, len(policies)-1).Draw(t, "policy")]
+		got := PlaceConstrained(p, chs, nodes)
+		for i, id := range got {
+			ok := slices.ContainsFunc(nodes, func(n NodeLoad) bool { return n.Meets(chs[i]) })
+			if id == 0 {
+				if ok {
+					t.Fatalf("%T left %s unplaced though a node meets %v", p, chs[i].Name, chs[i].Require)
+				}
+				continue
+			}
+			j := slices.IndexFunc(nodes, func(n NodeLoad) bool { return n.ID == id })
+			if j < 0 || !nodes[j].Meets(chs[i]) {
+				t.Fatalf("%T placed %s on node %d, which does not meet %v", p, chs[i].Name, id, chs[i].Require)
+			}
+		}
+	})
 }

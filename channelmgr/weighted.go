@@ -81,6 +81,10 @@ const WeightedTolerance = 0.05
 // Spread label. It stops at maxMoves or when no move helps, so it moves no
 // channel that does not bring the nodes closer to the band.
 //
+// A node without a channel's Spread label counts as one more value of it
+// (the empty one). Measured load, when the coordinator has it, comes in as
+// the channel's Weight.
+//
 // Both are deterministic: the same input gives the same answer. With unit
 // weights, unit capacities and no labels Weighted places like LeastLoaded
 // (counts within one) but balances to the band, not to within one channel.
