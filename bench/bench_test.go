@@ -38,12 +38,15 @@ func TestCommandSmoke(t *testing.T) {
 	if err := json.Unmarshal(b, &objs); err != nil {
 		t.Fatalf("JSON: %v\n%s", err, b)
 	}
-	want := []string{"B1 assign", "B2 failover", "B3 recovery", "B4 backends", "B5 memory", "B6 growth", "B7 writes", "B8 handoff", "B9 drain", "B10 rolling restart"}
+	want := []string{"B1 assign", "B2 failover", "B3 recovery", "B4 backends", "B5 memory", "B6 growth", "B7 writes", "B8 handoff", "B9 drain", "B10 rolling restart", "B11 balance"}
 	if len(objs) != len(want) {
 		t.Fatalf("%d objects, want %d:\n%s", len(objs), len(want), b)
 	}
 	fields := []string{"name", "n", "chanwatch_s", "baseline_s", "ratio", "etcd_writes", "etcd_writes_per_channel", "notes"}
 	for i, o := range objs {
+		if _, ok := o["figures"]; ok && want[i] == "B11 balance" {
+			delete(o, "figures") // B11's secondary figures (see TestBalanceQuality)
+		}
 		if len(o) != len(fields) {
 			t.Errorf("object %d has %d fields, want exactly %v: %v", i, len(o), fields, o)
 		}
@@ -60,7 +63,11 @@ func TestCommandSmoke(t *testing.T) {
 				t.Errorf("%s: %s = %v, want a positive number", want[i], f, o[f])
 			}
 		}
-		if v, ok := o["etcd_writes"].(float64); !ok || v < 1 || v != float64(int64(v)) {
+		if v, ok := o["etcd_writes"].(float64); want[i] == "B11 balance" { // policy only: no store
+			if !ok || v != 0 {
+				t.Errorf("%s: etcd_writes = %v, want 0", want[i], o["etcd_writes"])
+			}
+		} else if !ok || v < 1 || v != float64(int64(v)) {
 			t.Errorf("%s: etcd_writes = %v, want a positive integer", want[i], o["etcd_writes"])
 		}
 		if _, ok := o["etcd_writes_per_channel"].(float64); !ok {

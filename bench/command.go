@@ -39,7 +39,7 @@ func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure placement, failover, recovery, backends, memory, growth and etcd writes against raw etcd",
-		Long: "bench starts an embedded etcd (or uses --endpoints), runs the scenarios B1..B10 of docs/BENCHMARKS.md\n" +
+		Long: "bench starts an embedded etcd (or uses --endpoints), runs the scenarios B1..B11 of docs/BENCHMARKS.md\n" +
 			"and prints one row per scenario: chanwatch's time, the baseline measured in the same run on the\n" +
 			"same server, their ratio against the goal, and the etcd write txns chanwatch made.\n" +
 			"--quick runs every scenario at a tenth of its size. B4 runs bin/etcd (make etcd) as a 3-member cluster.",

@@ -3,8 +3,10 @@
 // against a baseline measured in the same run on the same server: these
 // machines are noisy, so every figure is a ratio.
 //
-// The ten scenarios (B1 assign, B2 failover, B3 recovery, B4 backends, B5
-// memory, B6 growth, B7 writes, B8 handoff, B9 drain, B10 rolling restart) are plain functions over an Env (an
+// The scenarios (B1 assign, B2 failover, B3 recovery, B4 backends, B5
+// memory, B6 growth, B7 writes, B8 handoff, B9 drain, B10 rolling restart;
+// B11 balance runs on the policy alone and ignores the Env) are plain
+// functions over an Env (an
 // embedded etcd, or an external one by its endpoints) that return a Result;
 // docs/BENCHMARKS.md describes each one, its baseline and its goal. Run runs
 // a chosen set at a given scale and WriteJSON/WriteTable print the results;

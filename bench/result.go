@@ -31,6 +31,10 @@ type Result struct {
 	// Notes holds the details: the goal and whether it was met, secondary
 	// figures, sizes.
 	Notes string `json:"notes"`
+	// Figures holds a scenario's secondary figures by name, for machines
+	// (B11: max/mean per phase and policy, moves, violations); most
+	// scenarios have none and leave it out.
+	Figures map[string]float64 `json:"figures,omitempty"`
 
 	// Goal is the target for Ratio (e.g. "<= 1.0"), GoalMax its bound.
 	Goal    string  `json:"-"`

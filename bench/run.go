@@ -35,11 +35,12 @@ func nodesAt(full int, scale float64, lo int) int {
 // the proportion).
 const rollingFull = 10000
 
-// Scenarios returns the ten scenarios at a scale: 1 is the full run
+// Scenarios returns the scenarios at a scale: 1 is the full run
 // (B1 10,000 channels on 100 nodes; B2 10,000 on 10; B3 and B5 100,000 on
 // 1,000; B4 32,000 txns from 64 clients; B6 10k/100k/1M on 1,000 nodes;
 // B7 1,000 on 10; B8 1,000 on 10 and at least 1,000 moves; B9 10,000 on
-// 10; B10 rollingFull on 10), 0.1 the quick one (a tenth of every size).
+// 10; B10 rollingFull on 10; B11 10,000 weighted channels on 20 nodes,
+// policy only), 0.1 the quick one (a tenth of every size).
 func Scenarios(scale float64) []Scenario {
 	b1c, b1n := scaled(10000, scale, 20), nodesAt(100, scale, 4)
 	b2c, b2n := scaled(10000, scale, 20), nodesAt(10, scale, 3)
@@ -50,6 +51,7 @@ func Scenarios(scale float64) []Scenario {
 	b8c, b8n, b8m := scaled(1000, scale, 40), nodesAt(10, scale, 4), scaled(1000, scale, 20)
 	b9c, b9n := scaled(10000, scale, 40), nodesAt(10, scale, 3)
 	b10c, b10n := scaled(rollingFull, scale, 40), nodesAt(10, scale, 3)
+	b11c, b11n := scaled(10000, scale, 200), 20
 	return []Scenario{
 		{"B1", "B1 assign", fmt.Sprintf("%d channels, %d nodes", b1c, b1n),
 			func(ctx context.Context, e *Env) (Result, error) { return Assign(ctx, e, b1c, b1n) }},
@@ -71,6 +73,8 @@ func Scenarios(scale float64) []Scenario {
 			func(ctx context.Context, e *Env) (Result, error) { return Drain(ctx, e, b9c, b9n) }},
 		{"B10", "B10 rolling restart", fmt.Sprintf("%d channels, %d nodes", b10c, b10n),
 			func(ctx context.Context, e *Env) (Result, error) { return RollingRestart(ctx, e, b10c, b10n) }},
+		{"B11", "B11 balance", fmt.Sprintf("%d weighted channels, %d nodes (policy only)", b11c, b11n),
+			func(ctx context.Context, _ *Env) (Result, error) { return Balance(ctx, b11c, b11n) }},
 	}
 }
 

@@ -258,7 +258,7 @@ func (r *reconciler) decide(now time.Time) *plan {
 	p := &plan{byCh: map[string]*unit{}, loads: map[int64]*NodeLoad{}, movable: map[string]*keyEntry{}}
 	serving := r.servingNodes()
 	for _, id := range serving {
-		p.loads[id] = &NodeLoad{ID: id}
+		p.loads[id] = r.nodeLoad(id)
 	}
 	names := make(map[string]struct{}, len(r.v.registry))
 	for ch := range r.v.registry {
@@ -381,6 +381,7 @@ func (r *reconciler) policyChannel(ch string, reg *regEntry, avoid int64) Channe
 	c := Channel{Name: ch, Avoid: avoid}
 	if reg != nil {
 		c.CollectionID = reg.spec.CollectionID
+		c.Weight, c.Require, c.Spread = r.weightOf(ch, reg), reg.spec.Require, reg.spec.Spread
 	}
 	return c
 }
@@ -593,9 +594,11 @@ func (r *reconciler) remove(k *keyEntry, reason string) *unit {
 // the new one (missing), so a channel never has two keys.
 func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 	if len(p.place) == 0 {
+		r.c.m.unplaceable.Set(0)
 		return
 	}
 	targets := make([]int64, len(p.place))
+	waits := make([]string, len(p.place)) // why a channel waits in remaining
 	if len(serving) > 0 {
 		isServing := func(id int64) bool { _, ok := p.loads[id]; return ok }
 		// Quarantined nodes take nothing; a probing node takes one channel.
@@ -603,12 +606,14 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 		var rest []int
 		var chs []Channel
 		for i, pl := range p.place {
-			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid && r.mayTake(pl.pref, now) {
+			c := r.policyChannel(pl.ch, pl.reg, 0)
+			meets := func(id int64) bool { return p.loads[id].Meets(c) }
+			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid && r.mayTake(pl.pref, now) && meets(pl.pref) {
 				targets[i] = pl.pref
 				probe = slices.DeleteFunc(probe, func(id int64) bool { return id == pl.pref })
 				continue
 			}
-			if j := slices.IndexFunc(probe, func(id int64) bool { return id != pl.avoid }); j >= 0 {
+			if j := slices.IndexFunc(probe, func(id int64) bool { return id != pl.avoid && meets(id) }); j >= 0 {
 				targets[i] = probe[j]
 				probe = slices.Delete(probe, j, j+1)
 				continue
@@ -618,25 +623,17 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 				avoid = 0
 			}
 			rest = append(rest, i)
-			chs = append(chs, r.policyChannel(pl.ch, pl.reg, avoid))
+			c.Avoid = avoid
+			chs = append(chs, c)
 		}
-		loads := make([]NodeLoad, 0, len(ok))
-		offered := make(map[int64]*NodeLoad, len(ok))
-		for _, id := range ok {
-			loads = append(loads, *p.loads[id])
-			offered[id] = p.loads[id]
-		}
-		got := r.policyPlace(chs, loads)
-		if !validPlacement(got, chs, offered) {
-			r.log.Error("policy returned an invalid placement; using least-loaded", zap.Int("channels", len(chs)))
-			got = placeLeastLoaded(chs, loads)
-		}
+		got, why := r.placeConstrained(chs, ok, serving, p.loads)
 		for j, i := range rest {
-			targets[i] = got[j]
+			targets[i], waits[i] = got[j], why[j]
 		}
 	}
+	r.c.m.unplaceable.Set(float64(waiting(waits)))
 	for i, pl := range p.place {
-		if u := r.placeUnit(pl, targets[i], now); u != nil {
+		if u := r.placeUnit(pl, targets[i], waits[i], now); u != nil {
 			if l := p.loads[targets[i]]; l != nil {
 				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
 			}
@@ -679,17 +676,24 @@ func validPlacement(got []int64, chs []Channel, loads map[int64]*NodeLoad) bool 
 		if chs[i].Avoid != 0 && id == chs[i].Avoid && len(loads) > 1 {
 			return false
 		}
+		if !loads[id].Meets(chs[i]) {
+			return false
+		}
 	}
 	return true
 }
 
-// placeUnit writes channel pl.ch on node target (0: remaining).
-func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit {
+// placeUnit writes channel pl.ch on node target (0: remaining, where wait,
+// if set, is why no serving node may take it: its LastError).
+func (r *reconciler) placeUnit(pl placement, target int64, wait string, now time.Time) *unit {
 	src := pl.src
-	if target == 0 && src != nil && src.node == 0 {
+	if target == 0 && src != nil && src.node == 0 && !waitChanged(src, wait) {
 		return nil // already remaining, and still no node
 	}
 	info := baseInfo(pl.ch, pl.reg, src)
+	if target == 0 && wait != "" {
+		info.LastError = wait
+	}
 	if pl.dead && !src.corrupt && (src.info.State == meta.ToWatch || src.info.State == meta.WatchFailure) {
 		// A node that dies while starting the channel may have died of it.
 		info.Attempts++
@@ -743,6 +747,10 @@ func (r *reconciler) placeUnit(pl placement, target int64, now time.Time) *unit 
 		if from >= 0 {
 			fields = append(fields, zap.Int64("from", from))
 		}
+		if target == 0 && wait != "" {
+			r.log.Warn("channel remaining: no serving node may take it", append(fields, zap.String("why", wait))...)
+			return
+		}
 		if target == 0 {
 			r.log.Info("channel remaining: no serving node", fields...)
 			return
@@ -788,7 +796,7 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 	for _, mv := range r.policyBalance(loads, budget) {
 		k := p.movable[mv.Channel]
 		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil ||
-			!slices.Contains(serving, mv.To) || used[mv.To] {
+			!slices.Contains(serving, mv.To) || used[mv.To] || !p.loads[mv.To].Meets(r.policyChannel(mv.Channel, r.v.registry[mv.Channel], 0)) {
 			continue
 		}
 		if !r.mayMove(p, mv.From, mv.To, now) {

@@ -57,6 +57,13 @@
 //     leader publishes each quarantine as control/quarantine/<id>
 //     (Quarantined); deleting that key (Unquarantine) lifts it. Health only
 //     decides where channels go, never whether one may leave a node.
+//   - A channel's required labels (meta.ChannelSpec.Require) hold under
+//     every policy: Place is offered only the nodes that carry them, and an
+//     answer or balance move that breaks them is refused. A channel no
+//     serving node may take waits in channel/remaining/ with the reason as
+//     its LastError (and in the channels_unplaceable gauge) until one does.
+//     Weighted places and balances by weight and capacity; LeastLoaded and
+//     ConsistentHash count channels.
 //
 // Intent that must survive a coordinator restart lives in the ChannelInfo
 // values (state, FailedNode, Attempts); everything in memory (timeouts,

@@ -52,6 +52,8 @@ type metrics struct {
 	// movesQueued is the planned moves the move budget held back in the
 	// leader's last pass.
 	movesQueued prometheus.Gauge
+	// unplaceable is the channels no serving node may take (constraints).
+	unplaceable prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -96,6 +98,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Quick passes: decisions on just the channels a node answered Released for, made as the answer arrives instead of after the fold window."}),
 		movesQueued: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "moves_queued",
 			Help: "Planned moves (drain, balance) the move budget held back in the leader's last pass (WithMoveBudget, WithNodeMoveLimit); failover is never held."}),
+		unplaceable: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels_unplaceable",
+			Help: "Registered channels that no serving node may take (none has their required labels, or every one that has is quarantined): they wait in channel/remaining/ with the reason in LastError."}),
 	}
 	for _, v := range channelStates() {
 		m.channels.WithLabelValues(v)
@@ -117,7 +121,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
-		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass, m.quickPasses, m.movesQueued} {
+		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass, m.quickPasses, m.movesQueued,
+		m.unplaceable} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

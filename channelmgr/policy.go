@@ -5,6 +5,8 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+
+	"github.com/chanwatch/chanwatch/meta"
 )
 
 // Channel is what a Policy sees of one channel.
@@ -17,6 +19,15 @@ type Channel struct {
 	// Movable marks the channels the balance step may move: Watched on a
 	// serving node, with no move in flight. Only NodeLoad channels have it.
 	Movable bool
+	// Weight is the channel's load (meta.ChannelSpec.Weight; 0 means 1).
+	// Count policies ignore it.
+	Weight float64
+	// Require lists labels a node must carry to take the channel: a hard
+	// constraint the coordinator enforces on every policy's answer (see
+	// NodeLoad.Meets). Spread names a node label across whose values the
+	// channels of the collection should spread: a preference.
+	Require meta.Labels
+	Spread  string
 }
 
 // NodeLoad is one serving node and the channels that count on it: those
@@ -24,6 +35,12 @@ type Channel struct {
 type NodeLoad struct {
 	ID       int64
 	Channels []Channel
+	// Capacity is how much load the node takes (meta.NodeSession.Capacity;
+	// 0 means 1); its utilisation is the sum of its channels' weights over
+	// it. Labels are the node's labels (zone, group). Count policies
+	// ignore both.
+	Capacity float64
+	Labels   meta.Labels
 }
 
 // Move is one balance move of Channel from node From to node To.
@@ -36,10 +53,14 @@ type Move struct {
 // decision goroutine (a Policy needs no locking unless shared between
 // coordinators), with nodes sorted by ID and channels by name, and never
 // with an empty node list. It treats the answers as advice and checks them:
-// a placement on a node it did not offer falls back to LeastLoaded, and a
-// move of a channel that is not Movable on From, or to a node not offered,
-// is dropped; a panic is recovered, logged and treated as such an answer.
-// A Policy must be deterministic and must not block.
+// a placement on a node it did not offer, or on a node that does not meet
+// the channel's Require, falls back to LeastLoaded, and a move of a channel
+// that is not Movable on From, or to a node not offered or not meeting its
+// Require, is dropped; a panic is recovered, logged and treated as such an
+// answer. Place is only ever offered nodes that meet every given channel's
+// Require (the coordinator calls it once per distinct Require), so a policy
+// that ignores labels still places correctly. A Policy must be
+// deterministic and must not block.
 type Policy interface {
 	// Place returns one node ID (from nodes) for each of chs, in order. It
 	// should keep node loads even (chs included) and spread each
@@ -185,24 +206,28 @@ func placeOrder(chs []Channel) []int {
 	return order
 }
 
+type nodeState struct {
+	id     int64
+	count  int
+	coll   map[int64]int
+	chans  []Channel // movable, not yet moved
+	labels meta.Labels
+}
+
+func (s *nodeState) meets(c Channel) bool { return s.labels.Meets(c.Require) }
+
 // BalanceStep returns the fewest moves (at most maxMoves) that bring node
 // counts to within 1 of each other: each move takes a Movable channel from
 // the most loaded node that has one to the least loaded node, choosing the
 // channel whose collection is most over-represented on the source compared
-// with the target. It returns nil when counts already differ by at most 1.
+// with the target among those whose Require the target meets. It returns nil when counts already differ by at most 1.
 func BalanceStep(nodes []NodeLoad, maxMoves int) []Move {
 	if len(nodes) < 2 || maxMoves <= 0 {
 		return nil
 	}
-	type nodeState struct {
-		id    int64
-		count int
-		coll  map[int64]int
-		chans []Channel // movable, not yet moved
-	}
 	ns := make([]*nodeState, len(nodes))
 	for i, n := range nodes {
-		s := &nodeState{id: n.ID, count: len(n.Channels), coll: map[int64]int{}}
+		s := &nodeState{id: n.ID, count: len(n.Channels), coll: map[int64]int{}, labels: n.Labels}
 		for _, c := range n.Channels {
 			s.coll[c.CollectionID]++
 			if c.Movable {
@@ -236,12 +261,17 @@ func BalanceStep(nodes []NodeLoad, maxMoves int) []Move {
 		if src == nil {
 			return moves
 		}
-		best := 0
+		// Only a channel whose Require the target meets (every channel,
+		// when none has constraints).
+		best := -1
 		score := func(c Channel) int { return src.coll[c.CollectionID] - dst.coll[c.CollectionID] }
-		for i, c := range src.chans[1:] {
-			if score(c) > score(src.chans[best]) {
-				best = i + 1
+		for i, c := range src.chans {
+			if dst.meets(c) && (best < 0 || score(c) > score(src.chans[best])) {
+				best = i
 			}
+		}
+		if best < 0 {
+			return moves
 		}
 		c := src.chans[best]
 		src.chans = slices.Delete(src.chans, best, best+1)
@@ -336,6 +366,7 @@ func (p consistentHash) Balance(nodes []NodeLoad, maxMoves int) []Move {
 		return nil
 	}
 	r := p.ring(nodes)
+	rings := map[string][]ringPoint{}
 	var moves []Move
 	for _, n := range nodes {
 		for _, c := range n.Channels {
@@ -345,7 +376,18 @@ func (p consistentHash) Balance(nodes []NodeLoad, maxMoves int) []Move {
 			if !c.Movable {
 				continue
 			}
-			if o := owner(r, c.Name, 0); o != n.ID {
+			cr := r
+			if !c.Require.IsZero() { // the ring Place saw: the nodes that meet it
+				key := c.Require.String()
+				if rings[key] == nil {
+					rings[key] = p.ring(eligible(nodes, c))
+				}
+				cr = rings[key]
+			}
+			if len(cr) == 0 {
+				continue
+			}
+			if o := owner(cr, c.Name, 0); o != n.ID {
 				moves = append(moves, Move{Channel: c.Name, From: n.ID, To: o})
 			}
 		}

@@ -26,6 +26,9 @@ type view struct {
 	paused bool
 	// quarantine is control/quarantine/<id>: what the leader published.
 	quarantine map[int64]*quarantineEntry
+	// measured is each channel's last measured load from its node's
+	// load/<id> report (see measured.go).
+	measured map[string]float64
 }
 
 // quarantineEntry is one control/quarantine/<id> key.
@@ -115,6 +118,7 @@ func newView() view {
 		keys:     map[string][]*keyEntry{},
 
 		quarantine: map[int64]*quarantineEntry{},
+		measured:   map[string]float64{},
 	}
 }
 
@@ -137,6 +141,7 @@ func (r *reconciler) apply(ev kv.Event) {
 		}
 		if !put {
 			delete(v.registry, ch)
+			delete(v.measured, ch)
 			return
 		}
 		spec, err := meta.DecodeChannelSpec(key, kvp.Value)
@@ -228,6 +233,8 @@ func (r *reconciler) apply(ev kv.Event) {
 			return
 		}
 		v.quarantine[id] = &quarantineEntry{q: q, modRev: kvp.ModRevision}
+	case strings.HasPrefix(key, meta.LoadPrefix):
+		r.applyLoad(kvp, put)
 	case key == meta.BalancePausedKey:
 		// Present means paused, whatever the value: pausing balance never
 		// endangers safety or failover. A value that is neither empty (as

@@ -69,6 +69,12 @@ var mepScenarios = []mepScenario{
 	{"NodeMoveLimit", mepNodeMoveLimit},
 	{"Undrain", mepUndrain},
 	{"RollingRestart", mepRollingRestart},
+	{"WeightedSpread", mepWeightedSpread},
+	{"CapacityChange", mepCapacityChange},
+	{"LabelConstrainedPlacement", mepLabelConstrainedPlacement},
+	{"ConstraintNoNodeMeets", mepConstraintNoNodeMeets},
+	{"ZoneSpreadSurvivesZoneLoss", mepZoneSpreadSurvivesZoneLoss},
+	{"MeasuredLoad", mepMeasuredLoad},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -369,6 +369,7 @@ type nodeCfg struct {
 	maxAttempt time.Duration // 0: nodewatch's default
 	script     func(h *RecordingHandler)
 	noWait     bool
+	extra      []nodewatch.Option // e.g. capacity and labels (mep_weighted.go)
 }
 
 type nodeOpt func(*nodeCfg)
@@ -414,6 +415,7 @@ func (m *mep) startNode(opts ...nodeOpt) *mepNode {
 	if cfg.maxAttempt > 0 {
 		nwOpts = append(nwOpts, nodewatch.WithMaxAttempt(cfg.maxAttempt))
 	}
+	nwOpts = append(nwOpts, cfg.extra...)
 	n, err := nodewatch.New(mn.kv, mn.h, nwOpts...)
 	if err != nil {
 		m.t.Fatalf("nodewatch.New(%s): %v", name, err)

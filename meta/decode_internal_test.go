@@ -43,7 +43,7 @@ func TestDecodeOnceAgreesWithDecode(t *testing.T) {
 			t.Errorf("DecodeChannelInfo(%s) = %+v, want %+v", v, got, want)
 		}
 		var wantSpec ChannelSpec
-		serr := decode("registry/ch-1", []byte(v), &wantSpec)
+		serr := decodeUpTo("registry/ch-1", []byte(v), &wantSpec, PlacementSchemaVersion)
 		if serr == nil {
 			serr = wantSpec.Validate()
 		}

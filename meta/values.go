@@ -19,10 +19,24 @@ type ChannelSpec struct {
 	// Vchannel is opaque to chanwatch: the VchannelInfo a node needs to
 	// restore the channel (seek position, segment IDs), as JSON.
 	Vchannel json.RawMessage `json:"vchannel,omitempty"`
+	// Weight is the channel's load relative to others (0: DefaultWeight);
+	// see placement.go for the rules of Weight, Require and Spread.
+	Weight float64 `json:"weight,omitempty"`
+	// Require lists labels a node must carry to take the channel: a hard
+	// constraint (group=ingest).
+	Require Labels `json:"require,omitzero"`
+	// Spread names a node label (zone) across whose values the channels of
+	// the collection should spread: a preference, not a constraint.
+	Spread string `json:"spread,omitempty"`
 }
 
-// Validate checks the spec's name.
-func (s ChannelSpec) Validate() error { return ValidateChannel(s.Name) }
+// Validate checks the spec's name, weight and constraints.
+func (s ChannelSpec) Validate() error {
+	if err := ValidateChannel(s.Name); err != nil {
+		return err
+	}
+	return s.validatePlacement()
+}
 
 // ChannelInfo is the MEP's assignment value: channel/<nodeID>/<channel> or
 // channel/remaining/<channel>.
@@ -99,6 +113,11 @@ type NodeSession struct {
 	// may be undrained). Empty in values written before it existed: read
 	// as StopDrain.
 	StopReason string `json:"stop_reason,omitempty"`
+	// Capacity is how much load the node takes relative to others (0:
+	// DefaultCapacity), and Labels what it offers to channel constraints
+	// (zone=a, group=ingest); see placement.go.
+	Capacity float64 `json:"capacity,omitempty"`
+	Labels   Labels  `json:"labels,omitzero"`
 }
 
 // Values of NodeSession.StopReason.
@@ -115,7 +134,10 @@ type CoordSession struct {
 }
 
 // encode writes v as a JSON object with the schema version first.
-func encode(v any) ([]byte, error) {
+func encode(v any) ([]byte, error) { return encodeV(v, SchemaVersion) }
+
+// encodeV writes v as a JSON object with schema version ver first.
+func encodeV(v any, ver int) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -125,24 +147,29 @@ func encode(v any) ([]byte, error) {
 	}
 	out := make([]byte, 0, len(b)+8)
 	out = append(out, `{"v":`...)
-	out = strconv.AppendInt(out, SchemaVersion, 10)
+	out = strconv.AppendInt(out, int64(ver), 10)
 	if len(b) > 2 {
 		out = append(out, ',')
 	}
 	return append(out, b[1:]...), nil
 }
 
-// decodeOnce is decode's one-pass fast path for the values a coordinator
-// reads by the hundred thousand: it decodes b into wire, a struct holding
-// the version field *ver and the value embedded, and reports whether that
-// worked and the version is ours. When it reports false the caller runs
-// decode, whose answer (and error) counts; the two accept the same values.
-func decodeOnce(b []byte, wire any, ver **int) bool {
-	return len(b) > 0 && json.Unmarshal(b, wire) == nil && *ver != nil && **ver == SchemaVersion
+// decodeOnce is decodeUpTo's one-pass fast path for the values a
+// coordinator reads by the hundred thousand: it decodes b into wire, a
+// struct holding the version field *ver and the value embedded, and
+// reports whether that worked and the version is between SchemaVersion and
+// maxVer. When it reports false the caller runs decodeUpTo, whose answer
+// (and error) counts; the two accept the same values.
+func decodeOnce(b []byte, wire any, ver **int, maxVer int) bool {
+	return len(b) > 0 && json.Unmarshal(b, wire) == nil && *ver != nil && **ver >= SchemaVersion && **ver <= maxVer
 }
 
 // decode checks the schema version and decodes b into v.
-func decode(key string, b []byte, v any) error {
+func decode(key string, b []byte, v any) error { return decodeUpTo(key, b, v, SchemaVersion) }
+
+// decodeUpTo decodes b into v if its schema version is between
+// SchemaVersion and maxVer.
+func decodeUpTo(key string, b []byte, v any, maxVer int) error {
 	if len(b) == 0 {
 		return fmt.Errorf("%w: %s: empty value", ErrCorruptValue, key)
 	}
@@ -155,8 +182,12 @@ func decode(key string, b []byte, v any) error {
 	if env.V == nil {
 		return fmt.Errorf("%w: %s: no schema version", ErrCorruptValue, key)
 	}
-	if *env.V != SchemaVersion {
-		return fmt.Errorf("%w: %s: schema version %d, want %d", ErrCorruptValue, key, *env.V, SchemaVersion)
+	if *env.V < SchemaVersion || *env.V > maxVer {
+		want := strconv.Itoa(SchemaVersion)
+		if maxVer > SchemaVersion {
+			want += ".." + strconv.Itoa(maxVer)
+		}
+		return fmt.Errorf("%w: %s: schema version %d, want %s", ErrCorruptValue, key, *env.V, want)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
@@ -169,7 +200,7 @@ func EncodeChannelSpec(s ChannelSpec) ([]byte, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	return encode(&s)
+	return encodeV(&s, s.schemaVersion())
 }
 
 // DecodeChannelSpec decodes the value of key (used in errors).
@@ -179,9 +210,9 @@ func DecodeChannelSpec(key string, b []byte) (ChannelSpec, error) {
 		ChannelSpec
 	}
 	s := &w.ChannelSpec
-	if !decodeOnce(b, &w, &w.V) {
+	if !decodeOnce(b, &w, &w.V, PlacementSchemaVersion) {
 		*s = ChannelSpec{}
-		if err := decode(key, b, s); err != nil {
+		if err := decodeUpTo(key, b, s, PlacementSchemaVersion); err != nil {
 			return ChannelSpec{}, err
 		}
 	}
@@ -207,7 +238,7 @@ func DecodeChannelInfo(key string, b []byte) (ChannelInfo, error) {
 		ChannelInfo
 	}
 	c := &w.ChannelInfo
-	if !decodeOnce(b, &w, &w.V) {
+	if !decodeOnce(b, &w, &w.V, SchemaVersion) {
 		*c = ChannelInfo{}
 		if err := decode(key, b, c); err != nil {
 			return ChannelInfo{}, err
@@ -227,16 +258,22 @@ func EncodeNodeSession(s NodeSession) ([]byte, error) {
 	if err := ValidateNodeID(s.ID); err != nil {
 		return nil, err
 	}
-	return encode(&s)
+	if err := s.validatePlacement(); err != nil {
+		return nil, err
+	}
+	return encodeV(&s, s.schemaVersion())
 }
 
 // DecodeNodeSession decodes the value of key (used in errors).
 func DecodeNodeSession(key string, b []byte) (NodeSession, error) {
 	var s NodeSession
-	if err := decode(key, b, &s); err != nil {
+	if err := decodeUpTo(key, b, &s, PlacementSchemaVersion); err != nil {
 		return NodeSession{}, err
 	}
 	if err := ValidateNodeID(s.ID); err != nil {
+		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if err := s.validatePlacement(); err != nil {
 		return NodeSession{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
 	}
 	if s.State != NodeServing && s.State != NodeStopping && s.State != NodeEvicted {

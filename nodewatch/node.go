@@ -46,6 +46,9 @@ type config struct {
 	addr       string
 	version    string
 	reg        prometheus.Registerer
+	capacity   float64       // see WithCapacity
+	labels     meta.Labels   // see WithLabels
+	loadEvery  time.Duration // see WithLoadInterval
 }
 
 // WithSessionTTL sets the node's session lease TTL (default 10s; > 0). The
@@ -126,6 +129,8 @@ type Node struct {
 	// held names the channels whose last Release failed: the handler
 	// still holds them, across incarnations, until a Release succeeds.
 	held map[string]bool
+	// loads is what the handler reported with ReportLoad (see load.go).
+	loads *loadState
 }
 
 // unreleased reports whether the handler still holds channel name because
@@ -242,6 +247,9 @@ func newConfig(opts []Option) (config, error) {
 	case cfg.clock == nil:
 		return bad("nil clock")
 	}
+	if err := cfg.validatePlacement(); err != nil {
+		return bad("%v", err)
+	}
 	if cfg.log == nil {
 		cfg.log = zap.NewNop()
 	}
@@ -356,7 +364,7 @@ func (n *Node) register(ctx context.Context) (*incarnation, error) {
 	if err != nil {
 		return nil, err
 	}
-	node, err := session.RegisterNode(ctx, n.b, sess, meta.NodeSession{Addr: n.cfg.addr, Version: n.cfg.version})
+	node, err := session.RegisterNode(ctx, n.b, sess, n.sessionInfo())
 	if err != nil {
 		_ = sess.Close(ctx)
 		return nil, err

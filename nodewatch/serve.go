@@ -73,6 +73,8 @@ func (inc *incarnation) running() []string {
 // returns only after every channel is released.
 func (inc *incarnation) serve(ctx context.Context) endReason {
 	inc.ctx, inc.cancel = context.WithCancel(ctx)
+	inc.wg.Add(1)
+	go inc.reportLoads() // idle until the handler reports a load
 	inc.relCtx = context.WithoutCancel(ctx)
 	// A lost session cuts every pending call at once, even a hung one in
 	// the dispatcher: nothing may be written after the fence.

@@ -70,6 +70,9 @@ func newRegisterCmd(g *globalFlags) *cobra.Command {
 		vchannel    string
 		create      bool
 		ifNotExists bool
+		weight      float64
+		require     []string
+		spread      string
 	)
 	cmd := &cobra.Command{
 		Use:   "register --collection ID CHANNEL...",
@@ -100,6 +103,18 @@ func newRegisterCmd(g *globalFlags) *cobra.Command {
 			}
 			if collection < 0 {
 				return usagef("--collection must be >= 0, got %d", collection)
+			}
+			req, err := meta.ParseLabels(require)
+			if err != nil {
+				return usagef("--require: %v", err)
+			}
+			if err := meta.ValidateWeight(weight); err != nil {
+				return usagef("--weight: %v", err)
+			}
+			if spread != "" {
+				if err := meta.ValidateLabelKey(spread); err != nil {
+					return usagef("--spread: %v", err)
+				}
 			}
 			var raw json.RawMessage
 			if vchannel != "" {
@@ -132,7 +147,8 @@ func newRegisterCmd(g *globalFlags) *cobra.Command {
 						skipped = append(skipped, ch)
 						continue
 					}
-					specs = append(specs, meta.ChannelSpec{Name: ch, CollectionID: collection, Vchannel: raw})
+					specs = append(specs, meta.ChannelSpec{Name: ch, CollectionID: collection, Vchannel: raw,
+						Weight: weight, Require: req, Spread: spread})
 				}
 				out := cmd.OutOrStdout()
 				done, batches, err := registerAll(ctx, b, specs, func(n int) {
@@ -157,6 +173,9 @@ func newRegisterCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&vchannel, "vchannel", "", "opaque VchannelInfo JSON handed to the node's handler")
 	cmd.Flags().BoolVar(&create, "create", false, "register even though --root holds no chanwatch data yet (a new root)")
 	cmd.Flags().BoolVar(&ifNotExists, "if-not-exists", false, "leave channels that are already registered as they are, instead of failing")
+	cmd.Flags().Float64Var(&weight, "weight", 0, "load of each channel relative to others, for the weighted policy (0: 1)")
+	cmd.Flags().StringArrayVar(&require, "require", nil, "node label key=value a node must carry to take the channels (repeatable; a hard constraint)")
+	cmd.Flags().StringVar(&spread, "spread", "", "node label key (e.g. zone) across whose values the collection's channels spread")
 	return cmd
 }
 

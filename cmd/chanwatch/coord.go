@@ -35,8 +35,10 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 				pol = channelmgr.LeastLoaded()
 			case "consistent-hash":
 				pol = channelmgr.ConsistentHash(64)
+			case "weighted":
+				pol = channelmgr.Weighted()
 			default:
-				return usagef("--policy %q: want least-loaded or consistent-hash", policy)
+				return usagef("--policy %q: want least-loaded, consistent-hash or weighted", policy)
 			}
 			if maxMoves <= 0 {
 				return usagef("--max-moves must be > 0, got %d", maxMoves)
@@ -96,7 +98,7 @@ func newCoordCmd(g *globalFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&httpAddr, "http", "127.0.0.1:0", "address for /metrics, /healthz, /readyz, /debug/pprof (empty: none)")
 	f.StringVar(&id, "id", "", "coordinator ID (default: host and pid)")
-	f.StringVar(&policy, "policy", "least-loaded", "placement policy: least-loaded or consistent-hash")
+	f.StringVar(&policy, "policy", "least-loaded", "placement policy: least-loaded, consistent-hash or weighted (by channel weight / node capacity, under labels)")
 	f.DurationVar(&ttl, "session-ttl", channelmgr.DefaultSessionTTL, "coordinator session lease TTL")
 	f.DurationVar(&nodeTTL, "node-ttl", channelmgr.DefaultNodeTTL, "longest session TTL any node uses (how long a gone node may still run after a takeover)")
 	f.DurationVar(&watchTimeout, "watch-timeout", 30*time.Second, "ToWatch without progress for this long is reassigned")

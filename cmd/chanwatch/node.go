@@ -94,6 +94,8 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		maxAttempt     time.Duration
 		failRate       float64
 		drainTimeout   time.Duration
+		capacity       float64
+		labelFlags     []string
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -119,6 +121,14 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 			if hb > 0 {
 				opts = append(opts, nodewatch.WithProgressInterval(hb))
 			}
+			labels, err := meta.ParseLabels(labelFlags)
+			if err != nil {
+				return usagef("--label: %v", err)
+			}
+			if err := meta.ValidateCapacity(capacity); err != nil {
+				return usagef("--capacity: %v", err)
+			}
+			opts = append(opts, nodewatch.WithCapacity(capacity), nodewatch.WithLabels(labels))
 			if err := nodewatch.ValidateOptions(opts...); err != nil {
 				return usagef("%v", err)
 			}
@@ -201,5 +211,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 	f.DurationVar(&delay, "watch-delay", 0, "simulate a slow Watch taking this long")
 	f.Float64Var(&failRate, "fail-rate", 0, "simulate failing Watches with this probability")
 	f.DurationVar(&drainTimeout, "drain-timeout", 5*time.Minute, "give up a graceful drain after this long")
+	f.Float64Var(&capacity, "capacity", 0, "load this node takes relative to others, in channel weights, for the weighted policy (0: 1)")
+	f.StringArrayVar(&labelFlags, "label", nil, "node label key=value (repeatable), e.g. --label zone=a --label group=ingest")
 	return cmd
 }

@@ -38,6 +38,7 @@ type nodeStatus struct {
 	// StopReason is why a stopping node stops: "drain" (an operator's:
 	// chanwatch undrain puts it back) or "shutdown" (its own process).
 	StopReason string `json:"stop_reason,omitempty"`
+	placementStatus
 }
 
 type channelStatus struct {
@@ -62,6 +63,7 @@ type channelStatus struct {
 	// registered, but the coordinator cannot read its spec).
 	RegistryCorrupt bool `json:"registry_corrupt,omitempty"`
 	createRev       int64
+	channelPlacement
 }
 
 type statusReport struct {
@@ -98,6 +100,8 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	leases := map[int64]kv.LeaseID{}
 	incarnations := map[int64]int64{} // node ID -> session key create revision
 	quarantine := map[int64]meta.Quarantine{}
+	specs := map[string]meta.ChannelSpec{}
+	loads := map[int64]map[string]float64{} // load/<id>: measured loads
 	now := time.Now()
 	for _, it := range items {
 		switch {
@@ -108,9 +112,11 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 				continue
 			}
 			registered[ch] = true
-			if _, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
+			if spec, err := meta.DecodeChannelSpec(it.Key, it.Value); err != nil {
 				r.Corrupt = append(r.Corrupt, it.Key)
 				corruptSpec[ch] = true
+			} else {
+				specs[ch] = spec
 			}
 		case strings.HasPrefix(it.Key, meta.NodeSessionPrefix):
 			s, err := meta.DecodeNodeSession(it.Key, it.Value)
@@ -122,7 +128,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			if s.State == meta.NodeEvicted {
 				state = fmt.Sprintf("evicted by token %d: %s", s.EvictedBy, s.EvictReason)
 			}
-			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state}
+			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state, placementStatus: nodePlacement(s)}
 			if s.State == meta.NodeStopping {
 				nodes[s.ID].StopReason = cmp.Or(s.StopReason, meta.StopDrain)
 			}
@@ -140,6 +146,12 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			}
 		case it.Key == meta.BalancePausedKey:
 			r.BalancePaused = true
+		case strings.HasPrefix(it.Key, meta.LoadPrefix):
+			if rep, err := meta.DecodeLoadReport(it.Key, it.Value); err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+			} else {
+				loads[rep.Node] = rep.Loads
+			}
 		case strings.HasPrefix(it.Key, meta.QuarantinePrefix):
 			id, err := meta.ParseQuarantineKey(it.Key)
 			if err != nil {
@@ -195,6 +207,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			r.OwnerGone = append(r.OwnerGone, c.Name)
 		}
 	}
+	addPlacement(r, nodes, specs, loads)
 	for ch := range registered {
 		if !assigned[ch] {
 			r.Unassigned = append(r.Unassigned, ch)
@@ -246,7 +259,7 @@ func problems(r *statusReport) []string {
 	if n := len(r.Corrupt); n > 0 {
 		p = append(p, fmt.Sprintf("%d corrupt key(s)", n))
 	}
-	return p
+	return append(p, waitingProblems(r)...)
 }
 
 // abbrev joins the first few names of list.
@@ -317,6 +330,7 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 		}
 		nodes = append(nodes, []string{fmt.Sprint(n.ID), orDash(n.Addr), state, health, fmt.Sprint(n.Channels), fmt.Sprintf("%.1fs", n.LeaseTTLSec)})
 	}
+	nodes = nodePlacementColumns(nodes, shown)
 	if !addr { // no node serves HTTP: the column would be all dashes
 		for i := range nodes {
 			nodes[i] = append(nodes[i][:1:1], nodes[i][2:]...)
@@ -346,6 +360,7 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 			}
 			chans = append(chans, []string{c.Name, fmt.Sprint(c.Collection), owner, state, fmt.Sprintf("%.1fs", c.AgeSec), fmt.Sprint(c.Attempts), orDash(c.LastError)})
 		}
+		chans = channelPlacementColumns(chans, shown)
 		fmt.Fprintln(w)
 		writeTable(w, chans)
 	}
