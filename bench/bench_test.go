@@ -198,3 +198,40 @@ func BenchmarkB7Writes(b *testing.B)   { benchScenario(b, "B7") }
 func BenchmarkB8Handoff(b *testing.B)  { benchScenario(b, "B8") }
 func BenchmarkB9Drain(b *testing.B)    { benchScenario(b, "B9") }
 func BenchmarkB10Rolling(b *testing.B) { benchScenario(b, "B10") }
+
+// TestScaleSmoke runs B12 (the scale run, not in the default set) through
+// the command at a tiny size and checks that every figure it promises is
+// there and sane: placement and B1 rates, cold start against a raw list,
+// heap, a failover, etcd's database size before and after defragmenting.
+func TestScaleSmoke(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "s.json")
+	cmd := NewCommand()
+	var stdout bytes.Buffer
+	cmd.SetOut(&stdout)
+	cmd.SetErr(&stdout)
+	cmd.SetArgs([]string{"--run", "B12", "--scale", "0.002", "--json", out, "-v"})
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("bench: %v\n%s", err, stdout.String())
+	}
+	t.Log(stdout.String())
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []Result
+	if err := json.Unmarshal(b, &objs); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, b)
+	}
+	if len(objs) != 1 || objs[0].Name != "B12 scale" || objs[0].N != 2000 {
+		t.Fatalf("want one B12 result for 2,000 channels, got %s", b)
+	}
+	f := objs[0].Figures
+	for _, k := range []string{"placement_channels_per_s", "b1_channels_per_s", "cold_start_s", "raw_list_s", "heap_bytes", "failover_s", "etcd_db_bytes"} {
+		if !(f[k] > 0) {
+			t.Errorf("figure %s = %v, want > 0 (%s)", k, f[k], b)
+		}
+	}
+	if f["failover_channels"] < 1 || f["etcd_db_bytes_defragmented"] <= 0 || f["etcd_db_bytes_defragmented"] > f["etcd_db_bytes"] {
+		t.Errorf("failover or database figures off: %v", f)
+	}
+}

@@ -19,6 +19,10 @@ type Scenario struct {
 	Run func(ctx context.Context, e *Env) (Result, error)
 }
 
+// explicit holds the scenarios that run only when --run names them, never
+// in the default set: B12, the scale run (make bench-scale).
+var explicit = map[string]bool{"B12": true}
+
 // scaled returns full*scale rounded, at least lo.
 func scaled(full int, scale float64, lo int) int {
 	return max(lo, int(math.Round(float64(full)*scale)))
@@ -52,6 +56,7 @@ func Scenarios(scale float64) []Scenario {
 	b9c, b9n := scaled(10000, scale, 40), nodesAt(10, scale, 3)
 	b10c, b10n := scaled(rollingFull, scale, 40), nodesAt(10, scale, 3)
 	b11c, b11n := scaled(10000, scale, 200), 20
+	b12c, b12n := scaled(1000000, scale, 200), scaled(10000, scale, 4)
 	return []Scenario{
 		{"B1", "B1 assign", fmt.Sprintf("%d channels, %d nodes", b1c, b1n),
 			func(ctx context.Context, e *Env) (Result, error) { return Assign(ctx, e, b1c, b1n) }},
@@ -75,6 +80,8 @@ func Scenarios(scale float64) []Scenario {
 			func(ctx context.Context, e *Env) (Result, error) { return RollingRestart(ctx, e, b10c, b10n) }},
 		{"B11", "B11 balance", fmt.Sprintf("%d weighted channels, %d nodes (policy only)", b11c, b11n),
 			func(ctx context.Context, _ *Env) (Result, error) { return Balance(ctx, b11c, b11n) }},
+		{"B12", "B12 scale", fmt.Sprintf("%d channels, %d simulated nodes (make bench-scale)", b12c, b12n),
+			func(ctx context.Context, e *Env) (Result, error) { return Scale(ctx, e, b12c, b12n) }},
 	}
 }
 
@@ -94,7 +101,7 @@ func Run(ctx context.Context, opts Options, only string) ([]Result, error) {
 	}
 	var chosen []Scenario
 	for _, s := range Scenarios(opts.Scale) {
-		if only == "" || whole.MatchString(s.ID) || re.MatchString(strings.TrimPrefix(s.Name, s.ID+" ")) {
+		if (only == "" && !explicit[s.ID]) || (only != "" && (whole.MatchString(s.ID) || re.MatchString(strings.TrimPrefix(s.Name, s.ID+" ")))) {
 			chosen = append(chosen, s)
 		}
 	}

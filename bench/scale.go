@@ -1,0 +1,421 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/chanwatch/chanwatch/kv"
+	"github.com/chanwatch/chanwatch/meta"
+)
+
+// Scale is B12, the scale run (make bench-scale; not in the default set):
+// one embedded etcd, a real coordinator, and a simulated fleet of nodes
+// that writes exactly what nodewatch writes (a session key on its own
+// lease, then one compare-and-swap txn per answer: Watched for a ToWatch,
+// Released for a ToRelease) but runs no handler and no per-channel
+// goroutine, so that 10,000 nodes fit beside the store on two cores.
+//
+// Figures, all in one run:
+//   - placement: channels registered (create-only txns of MaxTxnOps, as B1)
+//     until all are Watched, against B1's rate measured first in the same
+//     run (10,000 channels on 100 real nodes): the ratio is B1's channels/s
+//     over this run's; goal <= 1.0.
+//   - cold start: the coordinator is restarted and timed until its view
+//     counts every channel Watched, against a raw paginated list of the
+//     root (as B3); goal <= 1.2.
+//   - heap: the restarted coordinator's live heap growth (as B5); goal
+//     <= 1 GiB.
+//   - failover: one node's channels after its lease is revoked, from the
+//     session key's deletion until all are Watched elsewhere, less the node
+//     TTL the protocol waits (as B2); goal <= 1 s.
+//   - etcd: the database size after compaction and defragmentation.
+//
+// The Result's ratio is the placement figure; Figures holds the rest, and
+// Notes says which goals were met.
+func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
+	r := Result{Name: "B12 scale", N: channels, Figures: map[string]float64{}}
+	refN, refNodes := 10000, 100
+	if e.opts.Scale < 1 {
+		refN, refNodes = scaled(10000, e.opts.Scale, 20), nodesAt(100, e.opts.Scale, 4)
+	}
+	e.logf("B12: reference placement rate: B1 with %d channels on %d nodes", refN, refNodes)
+	ref, err := Assign(ctx, e, refN, refNodes)
+	if err != nil {
+		return r, err
+	}
+	refRate := float64(refN) / ref.ChanwatchS
+
+	root := e.newRoot("b12")
+	defer e.cleanup(context.WithoutCancel(ctx), root)
+	admin, err := e.open(root)
+	if err != nil {
+		return r, err
+	}
+	defer admin.Close()
+	e.logf("B12: starting %d simulated nodes", nodes)
+	sf, err := startSimFleet(ctx, e, root, nodes)
+	if err != nil {
+		return r, err
+	}
+	defer sf.stop()
+	tr, err := startTracker(ctx, admin, nil)
+	if err != nil {
+		return r, err
+	}
+	defer tr.stop()
+
+	p, err := e.open(root)
+	if err != nil {
+		return r, err
+	}
+	co, err := startCoordinator(p, e)
+	if err != nil {
+		p.Close()
+		return r, err
+	}
+	if err := pollUntil(ctx, co.c.IsLeader); err != nil {
+		co.stop()
+		p.Close()
+		return r, err
+	}
+	e.logf("B12: registering %d channels", channels)
+	rev0, err := e.revision(ctx)
+	if err != nil {
+		return r, err
+	}
+	start := time.Now()
+	regTxns, err := register(ctx, admin, channelSpecs("s", channels, 0))
+	if err != nil {
+		co.stop()
+		p.Close()
+		return r, err
+	}
+	regTook := time.Since(start)
+	e.logf("B12: registration (%d txns) took %v", regTxns, regTook)
+	if err := tr.wait(ctx, func(t *tracker) bool { return t.watched == channels }); err != nil {
+		co.stop()
+		p.Close()
+		return r, fmt.Errorf("bench: B12: waiting for %d Watched: %w", channels, err)
+	}
+	placeTook := time.Since(start)
+	rev1, err := e.revision(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.EtcdWrites = rev1 - rev0 - regTxns
+	rate := float64(channels) / placeTook.Seconds()
+	e.logf("B12: %d channels Watched in %v (%.0f channels/s; B1 %.0f channels/s)", channels, placeTook, rate, refRate)
+	co.stop()
+	p.Close()
+
+	e.logf("B12: cold start: raw list first")
+	listTook, keys, err := e.listBaseline(ctx, root)
+	if err != nil {
+		return r, err
+	}
+	p2, err := e.open(root)
+	if err != nil {
+		return r, err
+	}
+	defer p2.Close()
+	if _, _, err := p2.Get(ctx, meta.CoordinatorKey); err != nil && !isNotFound(err) {
+		return r, err
+	}
+	heap0 := steadyHeap()
+	start = time.Now()
+	co2, err := startCoordinator(p2, e)
+	if err != nil {
+		return r, err
+	}
+	defer co2.stop()
+	if err := co2.waitWatched(ctx, channels); err != nil {
+		return r, fmt.Errorf("bench: B12: cold coordinator never reconciled %d channels: %w", channels, err)
+	}
+	cold := time.Since(start)
+	heap1 := steadyHeap()
+	runtime.KeepAlive(co2)
+	heap := float64(0)
+	if heap1 > heap0 {
+		heap = float64(heap1 - heap0)
+	}
+	e.logf("B12: cold start %v (raw list of %d keys %v), heap %.0f MiB", cold, keys, listTook, heap/(1<<20))
+	if err := pollUntil(ctx, func() bool { return time.Since(start) > e.nodeTTL+sf.ttl }); err != nil {
+		return r, err // a new leader waits one node TTL before moving anything
+	}
+
+	victim, held := tr.busiestNode()
+	lease := sf.crash(victim)
+	e.logf("B12: node %d (%d channels) crashed; revoking its lease", victim, held)
+	start = time.Now()
+	if err := admin.Revoke(ctx, lease); err != nil {
+		return r, fmt.Errorf("bench: B12: revoke: %w", err)
+	}
+	if err := tr.wait(ctx, func(t *tracker) bool { return t.watchedExcept(victim) == channels }); err != nil {
+		return r, fmt.Errorf("bench: B12: waiting for failover: %w", err)
+	}
+	failTook := time.Since(start) - sf.ttl
+
+	dbBefore, dbAfter, err := e.compactAndDefrag(ctx)
+	if err != nil {
+		return r, err
+	}
+
+	r.ChanwatchS, r.BaselineS = placeTook.Seconds(), float64(channels)/refRate
+	r.Ratio = refRate / rate
+	r.Figures = map[string]float64{
+		"placement_channels_per_s": rate, "b1_channels_per_s": refRate, "registration_s": regTook.Seconds(),
+		"cold_start_s": cold.Seconds(), "raw_list_s": listTook.Seconds(), "cold_start_ratio": cold.Seconds() / listTook.Seconds(),
+		"heap_bytes": heap, "heap_bytes_per_channel": heap / float64(channels),
+		"failover_s": failTook.Seconds(), "failover_channels": float64(held),
+		"etcd_db_bytes": float64(dbBefore), "etcd_db_bytes_defragmented": float64(dbAfter),
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	r.finish("<= 1.0 (B1's channels/s over ours)", 1.0,
+		fmt.Sprintf("%d channels on %d simulated nodes; %.0f channels/s against B1's %.0f (registration %.1f s of it)", channels, nodes, rate, refRate, regTook.Seconds()),
+		fmt.Sprintf("cold start %.2f s against a raw list of %d keys in %.2f s: ratio %.2f, goal <= 1.2 %s", cold.Seconds(), keys, listTook.Seconds(), cold.Seconds()/listTook.Seconds(), verdict(cold.Seconds()/listTook.Seconds() <= 1.2)),
+		fmt.Sprintf("coordinator heap %.0f MiB (%.0f B/channel), goal <= 1 GiB %s", heap/(1<<20), heap/float64(channels), verdict(heap <= 1<<30)),
+		fmt.Sprintf("failover of node %d's %d channels %.3f s after its %v TTL, goal <= 1 s %s", victim, held, failTook.Seconds(), sf.ttl, verdict(failTook <= time.Second)),
+		fmt.Sprintf("etcd db %.0f MiB, %.0f MiB after compaction and defragmentation", float64(dbBefore)/(1<<20), float64(dbAfter)/(1<<20)))
+	return r, nil
+}
+
+// compactAndDefrag compacts the embedded etcd at its revision, defragments
+// it, and returns its database size before and after.
+func (e *Env) compactAndDefrag(ctx context.Context) (int64, int64, error) {
+	ep := e.ccfg.Endpoints[0]
+	st, err := e.cli.Status(ctx, ep)
+	if err != nil {
+		return 0, 0, err
+	}
+	before := st.DbSize
+	if _, err := e.cli.Compact(ctx, st.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		return 0, 0, fmt.Errorf("bench: compact: %w", err)
+	}
+	if _, err := e.cli.Defragment(ctx, ep); err != nil {
+		return 0, 0, fmt.Errorf("bench: defragment: %w", err)
+	}
+	st, err = e.cli.Status(ctx, ep)
+	if err != nil {
+		return 0, 0, err
+	}
+	return before, st.DbSize, nil
+}
+
+// busiestNode returns the node with the most Watched channels, and that
+// count.
+func (t *tracker) busiestNode() (int64, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var best int64
+	n := -1
+	for id, c := range t.watchedOn {
+		if c > n || (c == n && id < best) {
+			best, n = id, c
+		}
+	}
+	return best, n
+}
+
+// simFleet is B12's simulated nodes: sessions on their own leases (kept
+// alive in one loop), and one watch on the root's assignments whose
+// answers a pool of workers writes, each as the node's own CAS txn.
+type simFleet struct {
+	ttl     time.Duration
+	acks    []*proc // the workers' handles, one connection each
+	leases  map[int64]kv.LeaseID
+	crashed sync.Map // node ID -> true
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errs    atomic.Int64
+}
+
+// simTTL is the simulated nodes' session TTL when there are more than
+// simShortTTLNodes of them: long enough that one loop renews 10,000 leases
+// in time on a loaded machine. Smaller fleets use the Env's node TTL.
+const (
+	simTTL           = 30 * time.Second
+	simShortTTLNodes = 1000
+)
+
+// simWorkers is how many answers the fleet writes at once.
+const simWorkers = 32
+
+func startSimFleet(ctx context.Context, e *Env, root string, nodes int) (*simFleet, error) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	sf := &simFleet{ttl: e.nodeTTL, leases: map[int64]kv.LeaseID{}, cancel: cancel}
+	if nodes > simShortTTLNodes {
+		sf.ttl = simTTL
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			sf.stop()
+		}
+	}()
+	for range 8 {
+		p, err := e.open(root)
+		if err != nil {
+			return nil, err
+		}
+		sf.acks = append(sf.acks, p)
+	}
+	b := sf.acks[0]
+	// Leases, granted from several connections at once.
+	ids := make(chan int64)
+	var mu sync.Mutex
+	var gerr error
+	var gwg sync.WaitGroup
+	for _, p := range sf.acks {
+		gwg.Go(func() {
+			for id := range ids {
+				l, err := p.Grant(ctx, sf.ttl)
+				mu.Lock()
+				if err != nil && gerr == nil {
+					gerr = err
+				}
+				sf.leases[id] = l
+				mu.Unlock()
+			}
+		})
+	}
+	for id := int64(1); id <= int64(nodes); id++ {
+		ids <- id
+	}
+	close(ids)
+	gwg.Wait()
+	if gerr != nil {
+		return nil, fmt.Errorf("bench: B12: grant: %w", gerr)
+	}
+	now := time.Now()
+	var ops []kv.Op
+	for id := int64(1); id <= int64(nodes); id++ {
+		v, err := meta.EncodeNodeSession(meta.NodeSession{ID: id, StartTime: now, State: meta.NodeServing, TTL: sf.ttl})
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, kv.OpPutLease(meta.NodeSessionKey(id), v, sf.leases[id]))
+		if len(ops) == b.MaxTxnOps() || id == int64(nodes) {
+			if _, err := b.Txn(ctx, kv.Txn{Then: ops}); err != nil {
+				return nil, fmt.Errorf("bench: B12: sessions: %w", err)
+			}
+			ops = ops[:0]
+		}
+	}
+	if _, err := kv.Put(ctx, b, meta.NodeIDCounterKey, []byte(fmt.Sprint(nodes))); err != nil {
+		return nil, err
+	}
+	_, rev, err := b.Get(ctx, meta.NodeIDCounterKey)
+	if err != nil {
+		return nil, err
+	}
+
+	sf.wg.Go(func() { sf.keepAlive(rctx, b) })
+	work := make(chan kv.KeyValue, 1<<16)
+	for i := range simWorkers {
+		p := sf.acks[i%len(sf.acks)]
+		sf.wg.Go(func() {
+			for it := range work {
+				sf.answer(rctx, p, it)
+			}
+		})
+	}
+	wch := b.Watch(rctx, meta.ChannelPrefix, rev+1)
+	sf.wg.Go(func() {
+		defer close(work)
+		for resp := range wch {
+			for _, ev := range resp.Events {
+				if ev.Type == kv.EventPut {
+					select {
+					case work <- ev.KV:
+					case <-rctx.Done():
+						return
+					}
+				}
+			}
+		}
+	})
+	ok = true
+	return sf, nil
+}
+
+// answer writes a node's answer to one assignment put, as nodewatch does:
+// Watched for a ToWatch (its mod revision is the token), Released for a
+// ToRelease, each a CAS on the key's mod revision. Anything else, a
+// crashed node's key or a key that moved on, gets nothing.
+func (sf *simFleet) answer(ctx context.Context, b kv.KV, it kv.KeyValue) {
+	node, _, err := meta.ParseChannelKey(it.Key)
+	if err != nil || node == 0 {
+		return
+	}
+	if _, dead := sf.crashed.Load(node); dead {
+		return
+	}
+	info, err := meta.DecodeChannelInfo(it.Key, it.Value)
+	if err != nil {
+		return
+	}
+	switch info.State {
+	case meta.ToWatch:
+		info.AssignRevision = it.ModRevision
+		info.State, info.LastError = meta.Watched, ""
+	case meta.ToRelease:
+		info.State = meta.Released
+	default:
+		return
+	}
+	val, err := meta.EncodeChannelInfo(info)
+	if err != nil {
+		return
+	}
+	if _, err := b.Txn(ctx, kv.Txn{If: []kv.Cmp{kv.CmpModRevision(it.Key, kv.Equal, it.ModRevision)},
+		Then: []kv.Op{kv.OpPut(it.Key, val)}}); err != nil && ctx.Err() == nil {
+		sf.errs.Add(1)
+	}
+}
+
+// keepAlive renews every live lease once a third of the TTL.
+func (sf *simFleet) keepAlive(ctx context.Context, b kv.Leaser) {
+	t := time.NewTicker(sf.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for id, l := range sf.leases {
+			if _, dead := sf.crashed.Load(id); dead {
+				continue
+			}
+			if _, err := b.KeepAliveOnce(ctx, l); err != nil && !errors.Is(err, kv.ErrLeaseNotFound) && ctx.Err() == nil {
+				sf.errs.Add(1)
+			}
+		}
+	}
+}
+
+// crash stops node id's answers and renewals and returns its lease.
+func (sf *simFleet) crash(id int64) kv.LeaseID {
+	sf.crashed.Store(id, true)
+	return sf.leases[id]
+}
+
+func (sf *simFleet) stop() {
+	sf.cancel()
+	sf.wg.Wait()
+	for _, p := range sf.acks {
+		p.Close()
+	}
+}
