@@ -296,7 +296,7 @@ func TestUnknownOutcomeResent(t *testing.T) {
 	handle := h.kv.NewClient()
 	c := h.startCoord(handle)
 	h.eventually("leads", func() bool { return c.IsLeader() && c.lastPass.Load() != 0 })
-	handle.FailNext(1, kv.ErrUnknownOutcome)
+	handle.FailNextTxn(1, kv.ErrUnknownOutcome)
 	h.register(1, "x")
 	h.eventually("the failed txn", func() bool { return testutil.ToFloat64(c.m.txns.WithLabelValues("error")) == 1 })
 	h.advance(step, c) // the next pass resends

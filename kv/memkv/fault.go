@@ -21,6 +21,31 @@ func (m *KV) FailNext(n int, err error) {
 	m.failN, m.failErr = max(n, 0), err
 }
 
+// FailNextTxn is FailNext for Txn calls alone: the next n Txns on this
+// handle fail with an error wrapping err (kv.ErrUnavailable when nil) and
+// are not applied, while every other call goes through. A test that means
+// to fail a write uses it, so that a watch or keep-alive of the same handle
+// cannot take the failure first. n <= 0 cancels pending failures.
+func (m *KV) FailNextTxn(n int, err error) {
+	if err == nil {
+		err = kv.ErrUnavailable
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failTxnN, m.failTxnErr = max(n, 0), err
+}
+
+// failTxn takes one pending FailNextTxn failure, if any.
+func (m *KV) failTxn() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failTxnN == 0 {
+		return nil
+	}
+	m.failTxnN--
+	return fmt.Errorf("memkv: injected failure: %w", m.failTxnErr)
+}
+
 // Hang makes calls on this handle block until release is called or their
 // context is done; they then fail with an error wrapping ctx.Err() (and
 // kv.ErrUnknownOutcome for Txn and Revoke, which are not applied). Watches

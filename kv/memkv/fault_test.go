@@ -40,6 +40,38 @@ func TestFailNext(t *testing.T) {
 	}
 }
 
+// FailNextTxn fails Txns only: reads, watches and lease calls of the same
+// handle go through, and the failed Txn is not applied.
+func TestFailNextTxn(t *testing.T) {
+	m := newKV(t)
+	ctx := t.Context()
+	m.FailNextTxn(1, kv.ErrUnknownOutcome)
+	if _, _, err := m.List(ctx, ""); err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if _, err := m.Grant(ctx, time.Second); err != nil {
+		t.Fatalf("Grant: %v", err)
+	}
+	wch := m.Watch(ctx, "", 0)
+	if _, err := kv.Put(ctx, m, "k", nil); !errors.Is(err, kv.ErrUnknownOutcome) {
+		t.Fatalf("Txn: %v, want the injected ErrUnknownOutcome", err)
+	}
+	if _, _, err := m.Get(ctx, "k"); !errors.Is(err, kv.ErrKeyNotFound) {
+		t.Fatalf("the failed Txn was applied: %v", err)
+	}
+	if _, err := kv.Put(ctx, m, "k", nil); err != nil {
+		t.Fatalf("second Txn: %v", err)
+	}
+	select {
+	case r := <-wch:
+		if r.Err != nil || len(r.Events) != 1 {
+			t.Fatalf("watch: %+v, want the second put alone", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch delivered nothing")
+	}
+}
+
 func TestHang(t *testing.T) {
 	m := newKV(t)
 	ctx := t.Context()

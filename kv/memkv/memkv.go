@@ -86,9 +86,12 @@ type KV struct {
 	closed  bool
 	closeCh chan struct{} // closed by Close
 	failN   int
-	failErr error
-	hang    *hang
-	watches *watchGroup
+	// failTxnN and failTxnErr: FailNextTxn.
+	failTxnN   int
+	failTxnErr error
+	failErr    error
+	hang       *hang
+	watches    *watchGroup
 }
 
 var _ kv.Backend = (*KV)(nil)

@@ -175,6 +175,9 @@ func (m *KV) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
 	if err := m.begin(ctx, true); err != nil {
 		return kv.TxnResponse{}, err
 	}
+	if err := m.failTxn(); err != nil {
+		return kv.TxnResponse{}, err
+	}
 	if err := kv.ValidateTxnBytes(t, m.sh.maxTxnBytes); err != nil {
 		return kv.TxnResponse{}, err
 	}
