@@ -99,7 +99,7 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	}
 	regTook := time.Since(start)
 	e.logf("B12: registration (%d txns) took %v", regTxns, regTook)
-	if err := tr.wait(ctx, func(t *tracker) bool { return t.watched == channels }); err != nil {
+	if err := tr.waitProgress(ctx, e, "B12: Watched", channels); err != nil {
 		co.stop()
 		p.Close()
 		return r, fmt.Errorf("bench: B12: waiting for %d Watched: %w", channels, err)
@@ -417,5 +417,25 @@ func (sf *simFleet) stop() {
 	sf.wg.Wait()
 	for _, p := range sf.acks {
 		p.Close()
+	}
+}
+
+// waitProgress waits until n channels are Watched, logging the count every
+// 10 seconds meanwhile.
+func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := t.wait(wctx, func(t *tracker) bool { return t.watched == n })
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		t.mu.Lock()
+		w, keys := t.watched, len(t.keys)
+		t.mu.Unlock()
+		e.logf("%s: %d of %d (%d assignment keys)", what, w, n, keys)
 	}
 }
