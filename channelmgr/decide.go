@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -21,9 +20,10 @@ type plan struct {
 	evictions []eviction
 	loads     map[int64]*NodeLoad // serving nodes
 	movable   map[string]*keyEntry
-	pending   bool        // some channel waits for our own write
-	releasing bool        // some assignment is ToRelease: a Released answer may come
-	moves     *moveCounts // planned moves in flight (see budget.go); nil until needed
+	pending   bool               // some channel waits for our own write
+	counts    map[string]float64 // registered channels by state, for the channels gauge (full passes only)
+	releasing bool               // some assignment is ToRelease: a Released answer may come
+	moves     *moveCounts        // planned moves in flight (see budget.go); nil until needed
 }
 
 // placement is a channel to put ToWatch on a node chosen in placeAll.
@@ -270,14 +270,22 @@ func (r *reconciler) decide(now time.Time) *plan {
 	for _, id := range serving {
 		p.loads[id] = r.nodeLoad(id)
 	}
-	names := make(map[string]struct{}, len(r.v.registry))
+	// Every channel, registered or assigned, once, by name: a slice, not
+	// a set (at 1,000,000 channels the set cost more than the sort).
+	sorted := make([]string, 0, len(r.v.registry)+len(r.v.keys)/16)
 	for ch := range r.v.registry {
-		names[ch] = struct{}{}
+		sorted = append(sorted, ch)
 	}
 	for ch := range r.v.keys {
-		names[ch] = struct{}{}
+		if r.v.registry[ch] == nil {
+			sorted = append(sorted, ch)
+		}
 	}
-	sorted := slices.Sorted(maps.Keys(names))
+	slices.Sort(sorted)
+	p.counts = map[string]float64{"remaining": 0, "unassigned": 0}
+	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
+		p.counts[s.String()] = 0
+	}
 	for _, ch := range sorted {
 		r.decideChannel(p, ch, now)
 	}
@@ -287,28 +295,47 @@ func (r *reconciler) decide(now time.Time) *plan {
 	}
 	r.publishHealth(p, now)
 	r.publishMoves(p)
-	r.gauges()
+	for st, n := range p.counts {
+		r.c.m.channels.WithLabelValues(st).Set(n)
+	}
 	// Forget channels and timers that are gone for good.
 	for ch, rt := range r.chans {
-		if _, ok := names[ch]; !ok && !rt.pending(r.v.rev, now) {
+		if r.v.registry[ch] == nil && r.v.keys[ch] == nil && !rt.pending(r.v.rev, now) {
 			delete(r.chans, ch)
 		}
 	}
-	// Forget gone nodes once nothing of theirs is left to wait for.
-	referenced := map[int64]bool{}
-	for _, keys := range r.v.keys {
-		for _, k := range keys {
-			referenced[k.node] = true
-		}
-	}
+	// Forget gone nodes once nothing of theirs is left to wait for. Only
+	// gone nodes are candidates; the keys are scanned for them alone, and
+	// not at all in the usual pass that has none.
+	gone := map[int64]bool{}
 	for id, nrt := range r.nodes {
-		if r.v.nodes[id] == nil && !referenced[id] && nrt.revokeLease == kv.NoLease && !now.Before(nrt.fenceUntil) {
-			delete(r.nodes, id)
+		if r.v.nodes[id] == nil && nrt.revokeLease == kv.NoLease && !now.Before(nrt.fenceUntil) {
+			gone[id] = true
 		}
 	}
 	for id := range r.health {
-		if r.v.nodes[id] == nil && !referenced[id] {
-			delete(r.health, id) // an address's release quarantine stays in byAddr
+		if r.v.nodes[id] == nil {
+			gone[id] = true
+		}
+	}
+	if len(gone) > 0 {
+		referenced := map[int64]bool{}
+		for _, keys := range r.v.keys {
+			for _, k := range keys {
+				if gone[k.node] {
+					referenced[k.node] = true
+				}
+			}
+		}
+		for id, nrt := range r.nodes {
+			if gone[id] && !referenced[id] && nrt.revokeLease == kv.NoLease && !now.Before(nrt.fenceUntil) {
+				delete(r.nodes, id)
+			}
+		}
+		for id := range r.health {
+			if gone[id] && !referenced[id] {
+				delete(r.health, id) // an address's release quarantine stays in byAddr
+			}
 		}
 	}
 	for key := range r.timers {
@@ -332,6 +359,16 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 	if reg == nil && primary != nil {
 		extras = append([]*keyEntry{primary}, extras...)
 		primary = nil
+	}
+	if reg != nil && p.counts != nil {
+		switch {
+		case primary == nil:
+			p.counts["unassigned"]++
+		case primary.node == 0:
+			p.counts["remaining"]++
+		case !primary.corrupt:
+			p.counts[primary.info.State.String()]++
+		}
 	}
 	r.observeHealth(rt, primary, now)
 	// Count the load where the channel is (or is going) even while we wait.
@@ -830,28 +867,6 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 		rt, to := r.ch(mv.Channel), mv.To
 		u.done = append(u.done, func(int64) { rt.target = to })
 		p.add(u)
-	}
-}
-
-// gauges publishes the channel counts by state.
-func (r *reconciler) gauges() {
-	counts := map[string]float64{"remaining": 0, "unassigned": 0}
-	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
-		counts[s.String()] = 0
-	}
-	for ch := range r.v.registry {
-		primary, _ := r.pickPrimary(r.v.keys[ch])
-		switch {
-		case primary == nil:
-			counts["unassigned"]++
-		case primary.node == 0:
-			counts["remaining"]++
-		case !primary.corrupt:
-			counts[primary.info.State.String()]++
-		}
-	}
-	for s, n := range counts {
-		r.c.m.channels.WithLabelValues(s).Set(n)
 	}
 }
 
