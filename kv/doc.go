@@ -75,4 +75,8 @@
 // Errors. Every backend maps its engine's errors onto the sentinel values in
 // this package, so errors.Is works the same on every backend. Calls on a
 // closed backend fail with ErrClosed.
+//
+// Optional interfaces. A backend may also implement Pager (a List handed
+// over page by page while the next page is read; etcdkv does); callers use
+// it through ListPages, which falls back to List for backends that do not.
 package kv
