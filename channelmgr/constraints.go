@@ -25,6 +25,16 @@ func (r *reconciler) nodeLoad(id int64) *NodeLoad {
 	return nl
 }
 
+// avoidAmong is the node a channel's placement avoids: avoid (the node its
+// last attempt failed on), unless no other serving node may take the
+// channel, in which case trying that node again beats waiting forever.
+func (r *reconciler) avoidAmong(avoid int64, serving []int64, meets func(int64) bool) int64 {
+	if avoid == 0 || slices.ContainsFunc(serving, func(id int64) bool { return id != avoid && meets(id) }) {
+		return avoid
+	}
+	return 0
+}
+
 // placeConstrained asks the policy where chs go, among the nodes in ok (see
 // placeGroups). An answer that is invalid (a node not offered, or not
 // meeting the channel's Require, the Avoid node while another was offered)
@@ -55,7 +65,8 @@ func (r *reconciler) placeConstrained(chs []Channel, ok, serving []int64, loads 
 		why[i] = "waiting: no serving node has the required labels " + k
 		for _, id := range serving {
 			if loads[id].Meets(chs[i]) {
-				why[i] = "waiting: every serving node with the required labels " + k + " is quarantined"
+				why[i] = "waiting: every serving node with the required labels " + k +
+					" is quarantined or taking one channel at a time after failures"
 				break
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"pgregory.net/rapid"
@@ -270,5 +271,33 @@ func TestPropertyPlaceConstrainedEveryPolicy(t *testing.T) {
 				t.Fatalf("%T placed %s on node %d, which does not meet %v", p, chs[i].Name, id, chs[i].Require)
 			}
 		}
+	})
+}
+
+// A constrained channel whose only eligible node is quarantined waits in
+// remaining, saying so, rather than going to a node without its labels;
+// it goes back to that node as a probe once the quarantine runs out.
+func TestConstrainedChannelWaitsOutQuarantine(t *testing.T) {
+	h := newHarness(t)
+	gpu := h.addNode()
+	plain := h.addNode()
+	h.setPlacement(gpu, 0, meta.MustLabels("group=gpu"))
+	gpu.set(func(n *fakeNode) { n.failAll = true })
+	h.registerSpecs(meta.ChannelSpec{Name: "g0", CollectionID: 1, Require: meta.MustLabels("group=gpu")})
+	c := h.lead(WithPolicy(Weighted()), WithQuarantine(1, 20*time.Second, time.Minute))
+	h.eventually("g0 to wait in remaining while its only node is quarantined", func() bool {
+		h.advance(step, c)
+		a := h.assignments()["g0"]
+		return a.node == 0 && strings.Contains(a.info.LastError, "quarantined")
+	})
+	for _, ev := range h.events(meta.ChannelPrefix, 0, h.lastChannelRev()) {
+		if node, _, err := meta.ParseChannelKey(ev.KV.Key); err == nil && node == plain.id {
+			t.Fatalf("g0 written on the unlabelled node %d: %s", node, ev.KV.Value)
+		}
+	}
+	gpu.set(func(n *fakeNode) { n.failAll = false })
+	h.eventually("g0 Watched on the gpu node after its quarantine", func() bool {
+		h.advance(step, c)
+		return h.allWatched([]string{"g0"}, gpu.id)
 	})
 }

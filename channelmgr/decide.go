@@ -661,17 +661,17 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 		for i, pl := range p.place {
 			c := r.policyChannel(pl.ch, pl.reg, 0)
 			meets := func(id int64) bool { return p.loads[id].Meets(c) }
-			if pl.pref != 0 && isServing(pl.pref) && pl.pref != pl.avoid && r.mayTake(pl.pref, now) && meets(pl.pref) {
+			avoid := r.avoidAmong(pl.avoid, serving, meets)
+			if pl.pref != 0 && isServing(pl.pref) && pl.pref != avoid && r.mayTake(pl.pref, now) && meets(pl.pref) {
 				targets[i] = pl.pref
 				probe = slices.DeleteFunc(probe, func(id int64) bool { return id == pl.pref })
 				continue
 			}
-			if j := slices.IndexFunc(probe, func(id int64) bool { return id != pl.avoid && meets(id) }); j >= 0 {
+			if j := slices.IndexFunc(probe, func(id int64) bool { return id != avoid && meets(id) }); j >= 0 {
 				targets[i] = probe[j]
 				probe = slices.Delete(probe, j, j+1)
 				continue
 			}
-			avoid := pl.avoid
 			if !isServing(avoid) {
 				avoid = 0
 			}
