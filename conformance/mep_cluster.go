@@ -405,17 +405,8 @@ func (m *mep) startNode(opts ...nodeOpt) *mepNode {
 	if cfg.script != nil {
 		cfg.script(mn.h)
 	}
-	// The Recorder flags a node still running one TTL less the tolerance
-	// after it saw the node's session go; a node fences one fence margin
-	// before its last keep-alive's TTL runs out. With the default margin
-	// (TTL/5: 0.4 s of a 2 s TTL) under the real-time tolerance (0.5 s), a
-	// keep-alive just before a revoke let a node that kept its promise
-	// cross the check's line (etcd under load, LeaseRevokedByStore). The
-	// nodes promise more instead: the margin covers the tolerance.
-	margin := max(cfg.ttl/5, m.tm.tolerance+cfg.ttl/10)
 	nwOpts := []nodewatch.Option{
 		nodewatch.WithSessionTTL(cfg.ttl),
-		nodewatch.WithFenceMargin(margin),
 		nodewatch.WithProgressInterval(cfg.progress),
 		nodewatch.WithClock(m.clock),
 		nodewatch.WithLogger(m.log.Named(name)),
