@@ -440,6 +440,9 @@ func TestNewValidatesOptions(t *testing.T) {
 		"moves":    WithMaxMovesInFlight(0),
 		"backoff":  WithBackoff(time.Second, time.Millisecond),
 		"clock":    WithClock(nil),
+		"budget":   WithMoveBudget(-1, time.Minute),
+		"window":   WithMoveBudget(3, 0),
+		"per node": WithNodeMoveLimit(-1),
 	} {
 		if _, err := New(h.kv, o); !errors.Is(err, ErrInvalidOption) {
 			t.Errorf("%s: New = %v, want ErrInvalidOption", name, err)

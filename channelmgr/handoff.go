@@ -72,12 +72,14 @@ func (r *reconciler) quickPass(ctx context.Context, chs []string) (bool, int, er
 	// channel's own units still go now.
 	p.loads = r.lastLoads
 	r.placeAll(p, serving, now)
-	n, err := r.sendAll(ctx, r.pack(p.units), now)
-	if err != nil {
-		return true, 0, err
+	batches := r.pack(p.units)
+	for _, b := range batches {
+		if err := r.exec(ctx, b, now); err != nil {
+			return true, 0, err
+		}
 	}
 	r.c.m.quickPasses.Inc()
-	return true, n, nil
+	return true, len(batches), nil
 }
 
 // quickBatch is the number of answers that start a quick pass at once,

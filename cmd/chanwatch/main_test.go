@@ -24,10 +24,14 @@ func TestDemoEachBackend(t *testing.T) {
 			if last := lines[len(lines)-1]; !strings.HasPrefix(last, "invariants held") {
 				t.Fatalf("last line %q does not report the invariants held\n%s", last, out)
 			}
-			for _, phase := range []string{"register", "crash node", "add a node", "drain node"} {
+			for _, phase := range []string{"register", "crash node", "add a node", "drain node", "rolling restart"} {
 				if !strings.Contains(out, phase) {
 					t.Errorf("output lacks phase %q", phase)
 				}
+			}
+			// The drain and the rolling restart report their moves' gaps.
+			if n := strings.Count(out, "moves, gap p50"); n < 2 {
+				t.Errorf("the phase table reports the gaps of %d phases, want the drain's and the rolling restart's:\n%s", n, out)
 			}
 		})
 	}
