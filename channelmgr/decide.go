@@ -394,7 +394,10 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		p.pending = true
 		return
 	}
-	rt.placedOn = 0
+	// Our write is in the view (or we stopped waiting for it): nothing of
+	// it is left to remember, and a settled channel's chanRT is zero again
+	// (forgetIdle drops it).
+	rt.placedOn, rt.pendingRev, rt.pendingUntil = 0, 0, time.Time{}
 	// A move target outlives our ToRelease only until the channel lands
 	// (or runs again where it was, or goes away). Checked only on a view
 	// that has our own writes: before that, it still shows Watched.

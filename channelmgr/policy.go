@@ -122,41 +122,72 @@ func placeLeastLoaded(chs []Channel, nodes []NodeLoad) []int64 {
 	// answer; the few popped before it (they hold some) go back after.
 	// At 10,000 nodes this is what keeps a placement of a million
 	// channels from taking hours (a scan of every node per channel did).
-	h := &loadHeap{cur: cur, id: idx}
+	// When about half the nodes hold the collection already (one big
+	// collection), popping would visit most of them: a scan is cheaper
+	// there, and gives the same answer.
+	h := &loadHeap{cur: cur, id: idx, pos: make([]int, len(nodes))}
 	for i := range nodes {
+		h.pos[i] = -1
 		if open(i) {
+			h.pos[i] = len(h.items)
 			h.items = append(h.items, i)
 		}
 	}
 	heap.Init(h)
+	holding := map[int64]int{} // how many nodes hold some of a collection
+	for i := range nodes {
+		for id := range coll[i] {
+			holding[id]++
+		}
+	}
 	var aside []int
 	for _, ci := range placeOrder(chs) {
 		c := chs[ci]
 		best := -1
 		aside = aside[:0]
-		for h.Len() > 0 {
-			i := heap.Pop(h).(int)
-			if !open(i) {
-				continue // closed for good
+		if 2*holding[c.CollectionID] >= h.Len() {
+			better := func(i int) bool {
+				if best < 0 {
+					return true
+				}
+				if a, b := coll[i][c.CollectionID], coll[best][c.CollectionID]; a != b {
+					return a < b
+				}
+				if cur[i] != cur[best] {
+					return cur[i] < cur[best]
+				}
+				return idx(i) < idx(best)
 			}
-			aside = append(aside, i)
-			if c.Avoid != 0 && idx(i) == c.Avoid {
-				continue
+			for i := range nodes {
+				if open(i) && (c.Avoid == 0 || idx(i) != c.Avoid) && better(i) {
+					best = i
+				}
 			}
-			if coll[i][c.CollectionID] == 0 {
-				best = i
-				break
-			}
-		}
-		if best < 0 {
-			// Every open node holds some of the collection: the fewest.
-			for _, i := range aside {
+		} else {
+			for h.Len() > 0 {
+				i := heap.Pop(h).(int)
+				if !open(i) {
+					continue // closed for good
+				}
+				aside = append(aside, i)
 				if c.Avoid != 0 && idx(i) == c.Avoid {
 					continue
 				}
-				if best < 0 || coll[i][c.CollectionID] < coll[best][c.CollectionID] ||
-					(coll[i][c.CollectionID] == coll[best][c.CollectionID] && (cur[i] < cur[best] || (cur[i] == cur[best] && idx(i) < idx(best)))) {
+				if coll[i][c.CollectionID] == 0 {
 					best = i
+					break
+				}
+			}
+			if best < 0 {
+				// Every open node holds some of the collection: the fewest.
+				for _, i := range aside {
+					if c.Avoid != 0 && idx(i) == c.Avoid {
+						continue
+					}
+					if best < 0 || coll[i][c.CollectionID] < coll[best][c.CollectionID] ||
+						(coll[i][c.CollectionID] == coll[best][c.CollectionID] && (cur[i] < cur[best] || (cur[i] == cur[best] && idx(i) < idx(best)))) {
+						best = i
+					}
 				}
 			}
 		}
@@ -176,8 +207,19 @@ func placeLeastLoaded(chs []Channel, nodes []NodeLoad) []int64 {
 			extra--
 		}
 		cur[best]++
+		if coll[best][c.CollectionID] == 0 {
+			holding[c.CollectionID]++
+		}
 		coll[best][c.CollectionID]++
 		out[ci] = idx(best)
+		if at := h.pos[best]; at >= 0 {
+			// Placed by the scan while in the heap: its key grew.
+			if open(best) {
+				heap.Fix(h, at)
+			} else {
+				heap.Remove(h, at)
+			}
+		}
 		for _, i := range aside {
 			if open(i) {
 				heap.Push(h, i)
@@ -187,9 +229,11 @@ func placeLeastLoaded(chs []Channel, nodes []NodeLoad) []int64 {
 	return out
 }
 
-// loadHeap orders node indexes by (channels, node ID).
+// loadHeap orders node indexes by (channels, node ID); pos is each node's
+// place in items (-1: not in the heap).
 type loadHeap struct {
 	items []int
+	pos   []int
 	cur   []int
 	id    func(int) int64
 }
@@ -202,11 +246,18 @@ func (h *loadHeap) Less(a, b int) bool {
 	}
 	return h.id(i) < h.id(j)
 }
-func (h *loadHeap) Swap(a, b int) { h.items[a], h.items[b] = h.items[b], h.items[a] }
-func (h *loadHeap) Push(x any)    { h.items = append(h.items, x.(int)) }
+func (h *loadHeap) Swap(a, b int) {
+	h.items[a], h.items[b] = h.items[b], h.items[a]
+	h.pos[h.items[a]], h.pos[h.items[b]] = a, b
+}
+func (h *loadHeap) Push(x any) {
+	h.pos[x.(int)] = len(h.items)
+	h.items = append(h.items, x.(int))
+}
 func (h *loadHeap) Pop() any {
 	x := h.items[len(h.items)-1]
 	h.items = h.items[:len(h.items)-1]
+	h.pos[x] = -1
 	return x
 }
 
