@@ -35,9 +35,9 @@ func nodesAt(full int, scale float64, lo int) int {
 }
 
 // rollingFull is B10's channel count at scale 1: the 10,000. A
-// full B10 takes about 3 minutes on the 2-core dev box (170-215 s; mostly
-// the balance onto each new node, 8 moves in flight at a time); --scale
-// shrinks it with the rest (docs/BENCHMARKS.md).
+// full B10 takes about 70 s on the quiet 2-core dev box, up to 4-5 minutes
+// under load (mostly the balance onto each new node, 8 moves in flight at
+// a time); --scale shrinks it with the rest (docs/BENCHMARKS.md).
 const rollingFull = 10000
 
 // Scenarios returns the scenarios at a scale: 1 is the full run

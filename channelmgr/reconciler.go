@@ -175,16 +175,6 @@ func (r *reconciler) run(ctx context.Context) error {
 			var windowTimer *time.Timer
 			var answered []string // see quickPass
 			var quick gatherTimer
-			windowStart, extended := time.Now(), false
-			// extend stretches the window to maxFoldWindow once quick
-			// passes place the answers: a full pass in between would only
-			// find them placed, and would hold the next ones back.
-			extend := func() {
-				if !extended && windowTimer != nil {
-					extended = true
-					windowTimer.Reset(max(0, maxFoldWindow-time.Since(windowStart)))
-				}
-			}
 			if w := min(r.lastDecide, maxFoldWindow); w > 0 {
 				windowTimer = time.NewTimer(w)
 				window = windowTimer.C
@@ -230,7 +220,6 @@ func (r *reconciler) run(ctx context.Context) error {
 						} else if !more {
 							break drain
 						}
-						extend()
 					} else if len(answered) > 0 && quick.C == nil {
 						quick.Reset(r.gatherFor())
 					}
@@ -256,7 +245,6 @@ func (r *reconciler) run(ctx context.Context) error {
 						} else if !more {
 							break drain
 						}
-						extend()
 					case <-window:
 						break drain
 					case <-ticker.Chan():
