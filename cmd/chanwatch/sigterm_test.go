@@ -94,17 +94,25 @@ func (d *daemon) sigterm(t *testing.T, within time.Duration) time.Duration {
 
 func waitReady(t *testing.T, addr string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	// Another process: no event to wait on, so poll its readiness endpoint
+	// on a ticker until the deadline.
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
 		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return
 			}
 		}
-		time.Sleep(100 * time.Millisecond) // polling another process: no event to wait on
+		select {
+		case <-deadline.C:
+			t.Fatalf("%s never ready", addr)
+		case <-tick.C:
+		}
 	}
-	t.Fatalf("%s never ready", addr)
 }
 
 // TestSIGTERMExitsPromptlyAndQuietly: a SIGTERMed node (drained) and

@@ -42,20 +42,8 @@ func (c *compactingKV) Get(ctx context.Context, key string, opts ...clientv3.OpO
 // giving up after a fixed number of restarts.
 func TestListFinishesUnderContinuousCompaction(t *testing.T) {
 	ctx := testContext(t)
-	c, err := srv.Client()
-	noError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
-	root := testRoot(t)
-	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
-	c.KV = ckv
-	k := newKVAt(t, c, root, etcdkv.WithListPageSize(2))
 	const keys = 100
-	var ops []kv.Op
-	for i := range keys {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	k, ckv := compactingRoot(t, 2, keys)
 
 	kvs, rev, err := k.List(ctx, "k/")
 	noError(t, err)
@@ -81,20 +69,8 @@ func TestListFinishesUnderContinuousCompaction(t *testing.T) {
 // restart is exactly the prefix at the revision returned.
 func TestListPagesRestartsOnCompaction(t *testing.T) {
 	ctx := testContext(t)
-	c, err := srv.Client()
-	noError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
-	root := testRoot(t)
-	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
-	c.KV = ckv
-	k := newKVAt(t, c, root, etcdkv.WithListPageSize(4))
 	const keys = 50
-	var ops []kv.Op
-	for i := range keys {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	k, _ := compactingRoot(t, 4, keys)
 
 	var got []kv.KeyValue
 	var pages, restarts int
@@ -158,4 +134,25 @@ func TestListPagesInOrder(t *testing.T) {
 	for i, key := range keys {
 		equal(t, fmt.Sprintf("p/%04d", i), key, "sorted by key")
 	}
+}
+
+// compactingRoot returns a KV with list pages of page keys on a fresh root
+// holding keys keys k/0000.., whose client compacts the server after every
+// page that has more after it (see compactingKV).
+func compactingRoot(t *testing.T, page, keys int) (*etcdkv.KV, *compactingKV) {
+	t.Helper()
+	c, err := srv.Client()
+	noError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	root := testRoot(t)
+	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
+	c.KV = ckv
+	k := newKVAt(t, c, root, etcdkv.WithListPageSize(page))
+	var ops []kv.Op
+	for i := range keys {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
+	}
+	_, err = k.Txn(testContext(t), kv.Txn{Then: ops})
+	noError(t, err)
+	return k, ckv
 }
