@@ -223,6 +223,7 @@ func (m *mep) waitForWithin(what string, fakeBudget time.Duration, cond func() s
 	tick := time.NewTicker(mepPoll)
 	defer tick.Stop()
 	lastRev, quiet := int64(-1), 0
+	var heldSince time.Time // when the stepper began holding for a late session
 	for {
 		m.checkRunning()
 		m.requireNoViolations()
@@ -252,7 +253,24 @@ func (m *mep) waitForWithin(what string, fakeBudget time.Duration, cond func() s
 				lastRev, quiet = rev, 0
 			}
 			if quiet >= mepQuietPolls {
-				m.fake.Advance(m.tm.step)
+				// A quiet store does not mean every process has run: a
+				// keep-alive moves no revision, and on a loaded machine a
+				// session's goroutine can wait longer than many steps
+				// take. Hold the clock for a healthy process whose lease
+				// is running down, for at most mepHoldMax of real time.
+				late := m.lateSession()
+				switch {
+				case late == "":
+					heldSince = time.Time{}
+				case heldSince.IsZero():
+					heldSince = now
+				case now.Sub(heldSince) > mepHoldMax:
+					m.t.Logf("fake clock held %v for %s; stepping on", mepHoldMax, late)
+					late, heldSince = "", time.Time{}
+				}
+				if late == "" {
+					m.fake.Advance(m.tm.step)
+				}
 				quiet = 0
 			}
 		}
@@ -261,6 +279,59 @@ func (m *mep) waitForWithin(what string, fakeBudget time.Duration, cond func() s
 		case <-m.ctx.Done():
 			m.fatalf("scenario context ended: %s: %s", what, why)
 		}
+	}
+}
+
+// mepHoldMax bounds, in real time, how long the fake clock waits for one
+// late session (see lateSession) before it moves on regardless.
+const mepHoldMax = 10 * time.Second
+
+// lateSession names a process that should be alive and connected (started,
+// not crashed, stopped or cut off from the store) whose session lease has
+// less than half its TTL left: its keep-alive (every TTL/3) is overdue, so
+// its goroutine has not run yet. "" when there is none.
+func (m *mep) lateSession() string {
+	m.mu.Lock()
+	nodes := append([]*mepNode(nil), m.nodes...)
+	coords := append([]*mepCoord(nil), m.coords...)
+	m.mu.Unlock()
+	for _, n := range nodes {
+		if n.crashed.Load() || n.stopped.Load() || n.kv.cutOff() || closed(n.done) {
+			continue
+		}
+		if id := n.ID(); id != 0 && m.leaseLow(meta.NodeSessionKey(id), n.ttl) {
+			return "node " + n.name
+		}
+	}
+	for _, c := range coords {
+		if c.crashed.Load() || c.kv.cutOff() || closed(c.done) || !c.c.IsLeader() {
+			continue
+		}
+		if m.leaseLow(meta.CoordinatorKey, m.tm.coordTTL) {
+			return "coordinator " + c.name
+		}
+	}
+	return ""
+}
+
+// leaseLow reports whether key's lease has less than ttl/2 left. A key or
+// lease that is gone, or a read that fails, is not low: the wait's own
+// checks report what matters.
+func (m *mep) leaseLow(key string, ttl time.Duration) bool {
+	kvp, _, err := m.b.Get(m.ctx, key)
+	if err != nil || kvp.Lease == 0 {
+		return false
+	}
+	left, err := m.b.TimeToLive(m.ctx, kvp.Lease)
+	return err == nil && left < ttl/2
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -342,6 +413,7 @@ var _ nodewatch.Handler = (*RecordingHandler)(nil)
 // mepNode is one simulated node process.
 type mepNode struct {
 	name string
+	ttl  time.Duration
 	kv   *procKV
 	h    *RecordingHandler
 	n    *nodewatch.Node
@@ -399,7 +471,7 @@ func (m *mep) startNode(opts ...nodeOpt) *mepNode {
 	name := fmt.Sprintf("n%d", m.nextNode)
 	m.mu.Unlock()
 
-	mn := &mepNode{name: name, done: make(chan struct{})}
+	mn := &mepNode{name: name, ttl: cfg.ttl, done: make(chan struct{})}
 	mn.kv = newProcKV(m.env.Open(m.t), name, roleNode, m.chk)
 	mn.h = m.rec.Handler(name, mn.ID)
 	if cfg.script != nil {

@@ -200,6 +200,14 @@ func (p *procKV) Close() error {
 	return p.Backend.Close()
 }
 
+// cutOff reports whether the process is partitioned from the store or its
+// handle is closed.
+func (p *procKV) cutOff() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.release != nil || p.hung != nil || p.closed
+}
+
 // gate blocks while the wrapper's own partition is in force.
 func (p *procKV) gate(ctx context.Context, write bool) error {
 	p.mu.Lock()
