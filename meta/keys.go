@@ -39,6 +39,11 @@ const (
 	ControlPrefix     = "control/"
 	BalancePausedKey  = "control/balance-paused"
 	QuarantinePrefix  = "control/quarantine/"
+	// PreparePrefix holds warm-handoff requests: prepare/<nodeID>/<channel>,
+	// written by the coordinator (ToPrepare) and answered by the node
+	// (Prepared, PrepareFailure). It is outside channel/ on purpose: a
+	// prepare key never makes its node an owner.
+	PreparePrefix = "prepare/"
 )
 
 // remainingSegment is the node segment of RemainingPrefix.
@@ -136,6 +141,34 @@ func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
 	}
 	if seg == remainingSegment {
 		return 0, ch, nil
+	}
+	id, err := parseNodeID(seg)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
+	}
+	return id, ch, nil
+}
+
+// NodePreparePrefix is prepare/<id>/, the prefix a node that can prepare
+// watches.
+func NodePreparePrefix(id int64) string { return PreparePrefix + strconv.FormatInt(id, 10) + "/" }
+
+// PrepareKey is prepare/<id>/<channel>.
+func PrepareKey(id int64, channel string) string { return NodePreparePrefix(id) + channel }
+
+// ParsePrepareKey splits prepare/<id>/<channel> into (id, channel). Unlike
+// channel/ there is no "remaining" segment: id is always > 0.
+func ParsePrepareKey(key string) (nodeID int64, channel string, err error) {
+	rest, ok := strings.CutPrefix(key, PreparePrefix)
+	if !ok {
+		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, PreparePrefix)
+	}
+	seg, ch, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, "", fmt.Errorf("%w: %q has no channel segment", ErrBadKey, key)
+	}
+	if err := ValidateChannel(ch); err != nil {
+		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
 	}
 	id, err := parseNodeID(seg)
 	if err != nil {
