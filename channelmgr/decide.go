@@ -34,6 +34,8 @@ type placement struct {
 	avoid int64
 	pref  int64 // balance target
 	dead  bool  // src is on a dead node
+	// prep is the prepare request of a warm move, deleted in the same txn.
+	prep *keyEntry
 }
 
 // eviction is a live node that did not release k in time.
@@ -281,6 +283,11 @@ func (r *reconciler) decide(now time.Time) *plan {
 			sorted = append(sorted, ch)
 		}
 	}
+	for ch := range r.v.prepares {
+		if r.v.registry[ch] == nil && r.v.keys[ch] == nil {
+			sorted = append(sorted, ch) // a request left behind: withdrawn
+		}
+	}
 	slices.Sort(sorted)
 	p.counts = map[string]float64{"remaining": 0, "unassigned": 0}
 	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
@@ -339,9 +346,13 @@ func (r *reconciler) decide(now time.Time) *plan {
 		}
 	}
 	for key := range r.timers {
-		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.key(ch, key) == nil {
-			delete(r.timers, key)
+		if _, ch, err := meta.ParseChannelKey(key); err == nil && r.v.key(ch, key) != nil {
+			continue
 		}
+		if _, ch, err := meta.ParsePrepareKey(key); err == nil && r.v.prepareKey(ch, key) != nil {
+			continue
+		}
+		delete(r.timers, key)
 	}
 	return p
 }
@@ -405,6 +416,10 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		(!primary.corrupt && (primary.info.State == meta.Watched || primary.info.State == meta.ToWatch))) {
 		rt.target = 0
 	}
+	var prep *keyEntry
+	if len(r.v.prepares[ch]) > 0 {
+		prep = r.decidePrepare(p, ch, reg, primary, len(extras), now)
+	}
 	const maxExtrasPerPass = 8 // keep one channel's merged unit far below MaxTxnOps
 	for i, k := range extras {
 		if i == maxExtrasPerPass {
@@ -423,13 +438,18 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		p.place = append(p.place, placement{ch: ch, reg: reg})
 		return
 	}
-	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
+	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 && prep == nil {
 		if l := p.loads[primary.node]; l != nil && at == primary.node {
 			p.movable[ch] = primary
 			l.Channels[len(l.Channels)-1].Movable = true
 		}
 	}
-	r.decidePrimary(p, ch, reg, primary, now)
+	if prep != nil && (prep.info.State == meta.Prepared && primary.info.State == meta.Watched) {
+		if ne, _ := r.owner(primary); ne != nil && !ne.draining() {
+			return // decidePrepare released it
+		}
+	}
+	r.decidePrimary(p, ch, reg, primary, prep, now)
 }
 
 // policyChannel describes ch to the policy.
@@ -452,7 +472,9 @@ func (r *reconciler) hold(rt *chanRT, rev int64, msg, ch string, node int64) {
 }
 
 // decidePrimary acts on the assignment of a registered channel.
-func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntry, now time.Time) {
+// prep is the channel's prepare request the move in flight keeps (nil:
+// none): the placement after Released prefers its node and deletes it.
+func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntry, prep *keyEntry, now time.Time) {
 	rt := r.ch(ch)
 	if k.node == 0 {
 		if reg.corrupt && k.corrupt {
@@ -502,7 +524,11 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		if r.inBackoff(rt, k, now) {
 			return
 		}
-		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target})
+		pl := placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target, prep: prep}
+		if prep != nil && pl.pref == 0 {
+			pl.pref = prep.node
+		}
+		p.place = append(p.place, pl)
 	}
 }
 
@@ -793,6 +819,10 @@ func (r *reconciler) placeUnit(pl placement, target int64, wait string, now time
 		u.cmps = append(u.cmps, kv.CmpModRevision(src.key, kv.Equal, src.modRev), kv.CmpMissing(key))
 		u.ops = append(u.ops, kv.OpDelete(src.key), kv.OpPut(key, val))
 	}
+	if pl.prep != nil {
+		u.cmps = append(u.cmps, kv.CmpModRevision(pl.prep.key, kv.Equal, pl.prep.modRev))
+		u.ops = append(u.ops, kv.OpDelete(pl.prep.key))
+	}
 	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
 	u.done = append(u.done, func(rev int64) {
 		rt.target, rt.placedOn = 0, target
@@ -834,7 +864,7 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 	for _, id := range probe {
 		probes[id] = true
 	}
-	inflight := 0
+	inflight := r.preparing()
 	for _, rt := range r.chans {
 		if rt.target != 0 {
 			inflight++
@@ -863,6 +893,11 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 		}
 		seen[mv.Channel] = true
 		budget--
+		if r.canPrepare(mv.To) {
+			// Warm handoff: the destination prepares first (prepare.go).
+			p.add(r.planned(r.prepareUnit(k, r.v.registry[mv.Channel], mv.To, r.clock.Now()), mv.Channel, mv.From))
+			continue
+		}
 		u := r.planned(r.release(k, r.v.registry[mv.Channel], "balance", false, "", r.clock.Now()), mv.Channel, mv.From)
 		if u == nil {
 			continue
