@@ -392,6 +392,8 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		at = primary.node
 		if rt.target != 0 {
 			at = rt.target
+		} else if pks := r.v.prepares[ch]; len(pks) > 0 && !pks[0].corrupt && pks[0].node != primary.node {
+			at = pks[0].node // a warm move in flight goes there
 		}
 	case reg != nil && primary != nil && primary.node != 0 && r.inBackoff(rt, primary, now):
 		// A failed channel waiting out its backoff counts where it failed,
@@ -438,7 +440,8 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		p.place = append(p.place, placement{ch: ch, reg: reg})
 		return
 	}
-	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 && prep == nil {
+	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 && prep == nil &&
+		!r.prepareBackoff(rt, now) {
 		if l := p.loads[primary.node]; l != nil && at == primary.node {
 			p.movable[ch] = primary
 			l.Channels[len(l.Channels)-1].Movable = true
@@ -826,6 +829,7 @@ func (r *reconciler) placeUnit(pl placement, target int64, wait string, now time
 	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
 	u.done = append(u.done, func(rev int64) {
 		rt.target, rt.placedOn = 0, target
+		rt.prepFails, rt.prepNotBefore = 0, time.Time{}
 		if pl.dead {
 			m.moves.WithLabelValues("failover").Inc()
 		}

@@ -102,6 +102,11 @@ func (r *reconciler) decidePrepare(p *plan, ch string, reg *regEntry, primary *k
 		}
 		if failed {
 			r.noteFailure(pk.node, ch, pk.modRev, why, now)
+			// The channel stays where it runs; the policy would propose
+			// the same move at once, so the next try waits a backoff.
+			rt := r.ch(ch)
+			rt.prepFails++
+			rt.prepNotBefore = now.Add(r.cfg.backoff(rt.prepFails))
 		}
 		p.add(r.removePrepare(pk, why))
 	}
@@ -196,6 +201,17 @@ func (r *reconciler) prepareUnit(k *keyEntry, reg *regEntry, to int64, now time.
 				zap.Int64("from", from), zap.Int64("revision", rev))
 		}},
 	}
+}
+
+// prepareBackoff reports whether ch's last preparation failed too lately
+// for a balance move to take it again (to any node: the policy does not
+// know which nodes prepare). A placement of the channel forgets it.
+func (r *reconciler) prepareBackoff(rt *chanRT, now time.Time) bool {
+	if now.Before(rt.prepNotBefore) {
+		r.wakeAt(rt.prepNotBefore, now)
+		return true
+	}
+	return false
 }
 
 // canPrepare reports whether node id takes prepare requests.

@@ -75,6 +75,13 @@ var mepScenarios = []mepScenario{
 	{"ConstraintNoNodeMeets", mepConstraintNoNodeMeets},
 	{"ZoneSpreadSurvivesZoneLoss", mepZoneSpreadSurvivesZoneLoss},
 	{"MeasuredLoad", mepMeasuredLoad},
+	{"PrepareSucceeds", mepPrepareSucceeds},
+	{"PrepareFails", mepPrepareFails},
+	{"PrepareTimesOut", mepPrepareTimesOut},
+	{"DestinationDiesWhilePreparing", mepDestinationDiesWhilePreparing},
+	{"SourceDiesWhilePrepared", mepSourceDiesWhilePrepared},
+	{"CoordinatorFailoverWhilePreparing", mepCoordinatorFailoverWhilePreparing},
+	{"CoordinatorFailoverWhilePrepared", mepCoordinatorFailoverWhilePrepared},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 
