@@ -82,6 +82,7 @@ var mepScenarios = []mepScenario{
 	{"SourceDiesWhilePrepared", mepSourceDiesWhilePrepared},
 	{"CoordinatorFailoverWhilePreparing", mepCoordinatorFailoverWhilePreparing},
 	{"CoordinatorFailoverWhilePrepared", mepCoordinatorFailoverWhilePrepared},
+	{"PrepareKeysLeftBehind", mepPrepareKeysLeftBehind},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -412,3 +412,40 @@ func mepCoordinatorFailoverWhilePreparing(t *testing.T, m *mep) { m.warmFailover
 
 // mepCoordinatorFailoverWhilePrepared: see warmFailover.
 func mepCoordinatorFailoverWhilePrepared(t *testing.T, m *mep) { m.warmFailover("warmcd", true) }
+
+// mepPrepareKeysLeftBehind: prepare requests a new leader finds that no
+// move can complete (left by a predecessor, or written by hand) are
+// withdrawn: one on a node that never existed, one of a deregistered
+// channel, one for a node that cannot prepare, a corrupt one. A request
+// withdrawn by the next leader is gone for good: the cluster settles with
+// no prepare key.
+func mepPrepareKeysLeftBehind(t *testing.T, m *mep) {
+	a := m.startNode()
+	plain := m.startNode()
+	chs := names("leftover", 2)
+	m.register(1, chs...)
+	m.putInfo(a.ID(), chs[0], meta.ToWatch, 0)
+	m.waitState(chs[0], a.ID(), meta.Watched)
+	m.putInfo(a.ID(), chs[1], meta.ToWatch, 0)
+	m.waitState(chs[1], a.ID(), meta.Watched)
+	req := func(node int64, ch string) {
+		val, err := meta.EncodePrepareInfo(meta.ChannelInfo{Name: ch, CollectionID: 1, State: meta.ToPrepare})
+		if err != nil {
+			m.fatalf("encode: %v", err)
+		}
+		put(t, m.ctx, m.b, meta.PrepareKey(node, ch), string(val))
+	}
+	req(1<<40, chs[0])          // no such node
+	req(plain.ID(), chs[1])     // a node that does not advertise Prepare
+	req(a.ID(), "unregistered") // no such channel
+	put(t, m.ctx, m.b, meta.PrepareKey(plain.ID(), "corrupt"), "{not json")
+	m.leaderCoord()
+	m.waitFor("every request left behind to be withdrawn", func() string {
+		if pks := m.chk.View().Prepare; len(pks) > 0 {
+			return fmt.Sprintf("%d channels with prepare keys", len(pks))
+		}
+		return ""
+	})
+	m.settle()
+	m.requireNoPrepareKeys()
+}
