@@ -238,48 +238,13 @@ func (c *Checker) applyLocked(rev int64, events []kv.Event, snapshot bool) {
 		}
 		switch {
 		case strings.HasPrefix(key, meta.ChannelPrefix):
-			id, ch, err := meta.ParseChannelKey(key)
-			if err != nil {
-				continue // a foreign key: the components must skip it, and so do we
-			}
-			touched[ch] = true
-			kc := KeyChange{Rev: rev, Time: now, Key: key, Type: e.Type, NodeID: id}
-			if e.Type == kv.EventPut {
-				if c.chanKeys[ch] == nil {
-					c.chanKeys[ch] = make(map[string]bool)
-				}
-				c.chanKeys[ch][key] = true
-				info, err := meta.DecodeChannelInfo(key, e.KV.Value)
-				kc.Info, kc.Corrupt = info, err != nil
-				c.decoded[key] = Assignment{NodeID: id, Key: key, Info: info, ModRevision: e.KV.ModRevision, Corrupt: err != nil}
-			} else {
-				delete(c.chanKeys[ch], key)
-				delete(c.decoded, key)
-			}
-			if !snapshot || e.Type == kv.EventPut {
-				c.history[ch] = append(c.history[ch], kc)
+			// A foreign key (ch ""): the components must skip it, and so do we.
+			if ch := track(e, rev, now, snapshot, meta.ParseChannelKey, meta.DecodeChannelInfo, c.chanKeys, c.decoded, c.history); ch != "" {
+				touched[ch] = true
 			}
 		case strings.HasPrefix(key, meta.PreparePrefix):
-			id, ch, err := meta.ParsePrepareKey(key)
-			if err != nil {
-				continue
-			}
-			touched[ch] = true
-			kc := KeyChange{Rev: rev, Time: now, Key: key, Type: e.Type, NodeID: id}
-			if e.Type == kv.EventPut {
-				if c.prepKeys[ch] == nil {
-					c.prepKeys[ch] = make(map[string]bool)
-				}
-				c.prepKeys[ch][key] = true
-				info, err := meta.DecodePrepareInfo(key, e.KV.Value)
-				kc.Info, kc.Corrupt = info, err != nil
-				c.prepDecoded[key] = Assignment{NodeID: id, Key: key, Info: info, ModRevision: e.KV.ModRevision, Corrupt: err != nil}
-			} else {
-				delete(c.prepKeys[ch], key)
-				delete(c.prepDecoded, key)
-			}
-			if !snapshot || e.Type == kv.EventPut {
-				c.prepHistory[ch] = append(c.prepHistory[ch], kc)
+			if ch := track(e, rev, now, snapshot, meta.ParsePrepareKey, meta.DecodePrepareInfo, c.prepKeys, c.prepDecoded, c.prepHistory); ch != "" {
+				touched[ch] = true
 			}
 		case strings.HasPrefix(key, meta.RegistryPrefix):
 			ch, err := meta.ParseRegistryKey(key)
@@ -336,6 +301,38 @@ func (c *Checker) applyLocked(rev int64, events []kv.Event, snapshot bool) {
 	c.checkPendingLocked()
 	close(c.progress)
 	c.progress = make(chan struct{})
+}
+
+// track folds event e of a key under channel/ or prepare/ (parsed and
+// decoded by parse and decode) into keys (channel -> its keys), decoded
+// (key -> value) and history (channel -> changes), and returns the key's
+// channel ("" for a key that does not parse).
+func track(e kv.Event, rev int64, now time.Time, snapshot bool,
+	parse func(string) (int64, string, error), decode func(string, []byte) (meta.ChannelInfo, error),
+	keys map[string]map[string]bool, decoded map[string]Assignment, history map[string][]KeyChange,
+) string {
+	key := e.KV.Key
+	id, ch, err := parse(key)
+	if err != nil {
+		return ""
+	}
+	kc := KeyChange{Rev: rev, Time: now, Key: key, Type: e.Type, NodeID: id}
+	if e.Type == kv.EventPut {
+		if keys[ch] == nil {
+			keys[ch] = make(map[string]bool)
+		}
+		keys[ch][key] = true
+		info, err := decode(key, e.KV.Value)
+		kc.Info, kc.Corrupt = info, err != nil
+		decoded[key] = Assignment{NodeID: id, Key: key, Info: info, ModRevision: e.KV.ModRevision, Corrupt: err != nil}
+	} else {
+		delete(keys[ch], key)
+		delete(decoded, key)
+	}
+	if !snapshot || e.Type == kv.EventPut {
+		history[ch] = append(history[ch], kc)
+	}
+	return ch
 }
 
 // checkPrepareLocked checks the warm-handoff invariants of ch at rev: at

@@ -128,9 +128,15 @@ func ParseNodeSessionKey(key string) (int64, error) {
 // ParseChannelKey splits channel/<id>/<channel> into (id, channel), and
 // channel/remaining/<channel> into (0, channel).
 func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
-	rest, ok := strings.CutPrefix(key, ChannelPrefix)
+	return parseNodeChannelKey(key, ChannelPrefix, true)
+}
+
+// parseNodeChannelKey splits <prefix><id>/<channel> into (id, channel);
+// with remaining, the node segment "remaining" is (0, channel).
+func parseNodeChannelKey(key, prefix string, remaining bool) (int64, string, error) {
+	rest, ok := strings.CutPrefix(key, prefix)
 	if !ok {
-		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, ChannelPrefix)
+		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, prefix)
 	}
 	seg, ch, ok := strings.Cut(rest, "/")
 	if !ok {
@@ -139,7 +145,7 @@ func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
 	if err := ValidateChannel(ch); err != nil {
 		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
 	}
-	if seg == remainingSegment {
+	if remaining && seg == remainingSegment {
 		return 0, ch, nil
 	}
 	id, err := parseNodeID(seg)
@@ -159,22 +165,7 @@ func PrepareKey(id int64, channel string) string { return NodePreparePrefix(id) 
 // ParsePrepareKey splits prepare/<id>/<channel> into (id, channel). Unlike
 // channel/ there is no "remaining" segment: id is always > 0.
 func ParsePrepareKey(key string) (nodeID int64, channel string, err error) {
-	rest, ok := strings.CutPrefix(key, PreparePrefix)
-	if !ok {
-		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, PreparePrefix)
-	}
-	seg, ch, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, "", fmt.Errorf("%w: %q has no channel segment", ErrBadKey, key)
-	}
-	if err := ValidateChannel(ch); err != nil {
-		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
-	}
-	id, err := parseNodeID(seg)
-	if err != nil {
-		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
-	}
-	return id, ch, nil
+	return parseNodeChannelKey(key, PreparePrefix, false)
 }
 
 // QuarantineKey is control/quarantine/<id>.
