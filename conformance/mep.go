@@ -78,6 +78,7 @@ var mepScenarios = []mepScenario{
 	{"PrepareSucceeds", mepPrepareSucceeds},
 	{"PrepareFails", mepPrepareFails},
 	{"PrepareTimesOut", mepPrepareTimesOut},
+	{"PrepareProgress", mepPrepareProgress},
 	{"DestinationDiesWhilePreparing", mepDestinationDiesWhilePreparing},
 	{"SourceDiesWhilePrepared", mepSourceDiesWhilePrepared},
 	{"CoordinatorFailoverWhilePreparing", mepCoordinatorFailoverWhilePreparing},

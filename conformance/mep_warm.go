@@ -449,3 +449,30 @@ func mepPrepareKeysLeftBehind(t *testing.T, m *mep) {
 	m.settle()
 	m.requireNoPrepareKeys()
 }
+
+// mepPrepareProgress: a long Prepare that reports progress keeps its
+// request past the watch timeout (each heartbeat re-arms it), and the
+// channel stays running on its source meanwhile.
+func mepPrepareProgress(t *testing.T, m *mep) {
+	w := m.warmStart("warmlong", func(h *PreparingHandler) { h.PrepareUntilCancel("", m.tm.progress/2) })
+	ch := m.waitPrepareState(w, w.b.ID(), meta.ToPrepare)
+	m.elapse(2 * m.tm.watchTimeout)
+	m.sync()
+	pks := m.chk.View().Prepare[ch]
+	if len(pks) != 1 || pks[0].Info.State != meta.ToPrepare || pks[0].Info.Progress == 0 {
+		m.fatalf("%s after two watch timeouts: prepare keys %+v, want one ToPrepare with progress", ch, pks)
+	}
+	if countEvents(m.handlerEvents(ch, w.seq), w.b.name, UnprepareEnd) != 0 {
+		m.fatalf("%s: a preparation that reports progress was withdrawn", ch)
+	}
+	m.requireStayed(w)
+	// A destination that dies costs nothing but the preparation.
+	m.crashNode(w.b)
+	m.waitFor("the dead node's request to be withdrawn", func() string {
+		if pks := m.chk.View().Prepare[ch]; len(pks) > 0 {
+			return fmt.Sprintf("%s still has %s", ch, pks[0].Key)
+		}
+		return ""
+	})
+	m.requireStayed(w)
+}
