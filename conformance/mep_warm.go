@@ -117,22 +117,24 @@ func countEvents(evs []HandlerEvent, node string, kind HandlerEventKind) int {
 func (m *mep) requireWarmMove(w *warm, ch string) {
 	m.t.Helper()
 	m.sync()
+	// The answer after since, and the request it answers (which a
+	// scenario that retried may have made just before since).
 	var reqRev, preparedRev, withdrawnRev int64
-	for _, kc := range m.prepareChanges(ch, w.since) {
+	for _, kc := range m.chk.PrepareHistory(ch) {
 		switch {
-		case kc.Type == kv.EventPut && kc.Info.State == meta.ToPrepare && reqRev == 0:
+		case kc.Type == kv.EventPut && kc.Info.State == meta.ToPrepare && preparedRev == 0:
 			if kc.NodeID != w.b.ID() {
 				m.fatalf("%s: prepare request on node %d, want %s's %d", ch, kc.NodeID, w.b.name, w.b.ID())
 			}
 			reqRev = kc.Rev
-		case kc.Type == kv.EventPut && kc.Info.State == meta.Prepared:
+		case kc.Type == kv.EventPut && kc.Info.State == meta.Prepared && kc.Rev > w.since && preparedRev == 0:
 			preparedRev = kc.Rev
-		case kc.Type == kv.EventDelete && preparedRev != 0:
+		case kc.Type == kv.EventDelete && preparedRev != 0 && withdrawnRev == 0:
 			withdrawnRev = kc.Rev
 		}
 	}
 	if reqRev == 0 || preparedRev == 0 || withdrawnRev == 0 {
-		m.fatalf("%s: prepare history %v: want ToPrepare, Prepared, then the delete", ch, m.prepareChanges(ch, w.since))
+		m.fatalf("%s: prepare history %v: want ToPrepare, Prepared, then the delete", ch, m.chk.PrepareHistory(ch))
 	}
 	var releaseRev, watchRev int64
 	for _, kc := range m.chk.History(ch) {
@@ -150,15 +152,30 @@ func (m *mep) requireWarmMove(w *warm, ch string) {
 	if watchRev != withdrawnRev {
 		m.fatalf("%s: ToWatch on %s at revision %d, the request withdrawn at %d: want one txn", ch, w.b.name, watchRev, withdrawnRev)
 	}
+	// Handler calls: the successful Prepare on b that its Watch took over,
+	// the source's Release between the two, and no Unprepare since.
 	evs := m.handlerEvents(ch, w.seq)
-	prepEnd, relStart := firstEvent(evs, w.b.name, PrepareEnd), firstEvent(evs, w.a.name, ReleaseStart)
-	relEnd, watchStart := firstEvent(evs, w.a.name, ReleaseEnd), firstEvent(evs, w.b.name, WatchStart)
-	if firstEvent(evs, w.b.name, PrepareStart) == 0 || prepEnd == 0 || relStart < prepEnd || relEnd == 0 || watchStart < relEnd {
+	watchStart := firstEvent(evs, w.b.name, WatchStart)
+	var prepEnd, relStart, relEnd int64
+	for _, e := range evs {
+		switch {
+		case watchStart != 0 && e.Seq > watchStart:
+		case e.Node == w.b.name && e.Kind == PrepareEnd && e.Err == nil:
+			prepEnd = e.Seq
+		case e.Node == w.a.name && e.Kind == ReleaseStart && relStart == 0:
+			relStart = e.Seq
+		case e.Node == w.a.name && e.Kind == ReleaseEnd && relEnd == 0:
+			relEnd = e.Seq
+		}
+	}
+	if watchStart == 0 || prepEnd == 0 || relStart < prepEnd || relEnd == 0 || watchStart < relEnd {
 		m.fatalf("%s: handler calls out of order (want Prepare on %s, then Release on %s, then Watch on %s):\n%s",
 			ch, w.b.name, w.a.name, w.b.name, eventList(evs))
 	}
-	if n := countEvents(evs, w.b.name, UnprepareEnd); n != 0 {
-		m.fatalf("%s: %d Unprepare calls on %s, whose Watch took the preparation over:\n%s", ch, n, w.b.name, eventList(evs))
+	for _, e := range evs {
+		if e.Seq > prepEnd && e.Node == w.b.name && e.Kind == UnprepareEnd {
+			m.fatalf("%s: Unprepare on %s, whose Watch took the preparation over:\n%s", ch, w.b.name, eventList(evs))
+		}
 	}
 }
 
