@@ -97,9 +97,11 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 			continue
 		}
 		_, live := r.owner(primary)
-		// Until the view shows our ToRelease, the key still looks Watched.
+		// Until the view shows our ToRelease, the key still looks Watched;
+		// a warm move is in flight from its prepare request on.
+		prep := r.v.prepares[ch]
 		done := (rt == nil || !rt.pending(r.v.rev, now)) && (r.v.registry[ch] == nil || primary.node == 0 || !live ||
-			(!primary.corrupt && primary.info.State == meta.Watched))
+			(!primary.corrupt && primary.info.State == meta.Watched && len(prep) == 0))
 		switch {
 		case rt != nil && rt.move.from != 0 && done:
 			rt.move.from = 0
@@ -110,6 +112,9 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 			}
 		case live && !primary.corrupt && (primary.info.State == meta.ToRelease || primary.info.State == meta.Released):
 			mc.node[primary.node]++
+		case live && len(prep) > 0 && prep[0].node != primary.node:
+			mc.node[primary.node]++ // a predecessor's warm move
+			mc.node[prep[0].node]++
 		}
 	}
 	return mc
@@ -119,6 +124,9 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 func (r *reconciler) moveTarget(rt *chanRT, k *keyEntry) int64 {
 	if rt.target != 0 {
 		return rt.target
+	}
+	if pks := r.v.prepares[k.ch]; len(pks) > 0 {
+		return pks[0].node // preparing there
 	}
 	if k.node != rt.move.from && !k.corrupt && k.info.State == meta.ToWatch {
 		return k.node

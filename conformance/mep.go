@@ -84,6 +84,7 @@ var mepScenarios = []mepScenario{
 	{"CoordinatorFailoverWhilePreparing", mepCoordinatorFailoverWhilePreparing},
 	{"CoordinatorFailoverWhilePrepared", mepCoordinatorFailoverWhilePrepared},
 	{"PrepareKeysLeftBehind", mepPrepareKeysLeftBehind},
+	{"PrepareMoveLimit", mepPrepareMoveLimit},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

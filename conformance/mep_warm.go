@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
 )
@@ -492,4 +493,33 @@ func mepPrepareProgress(t *testing.T, m *mep) {
 		return ""
 	})
 	m.requireStayed(w)
+}
+
+// mepPrepareMoveLimit: with at most one planned move in flight per node, a
+// warm move counts from its prepare request: while the destination holds
+// one preparation, no second request is made.
+func mepPrepareMoveLimit(t *testing.T, m *mep) {
+	a := m.startNode()
+	m.waitLeader(m.startCoord(channelmgr.WithNodeMoveLimit(1)))
+	chs := names("warmlimit", 6)
+	m.register(1, chs...)
+	m.settle()
+	var done func()
+	b := m.startNode(withPreparer(func(h *PreparingHandler) { done = h.HoldPrepare("") }))
+	m.waitFor("a prepare request on "+b.name, func() string {
+		if len(m.chk.View().Prepare) == 0 {
+			return "none yet"
+		}
+		return ""
+	})
+	m.elapse(5 * m.tm.check)
+	if n := len(m.chk.View().Prepare); n != 1 {
+		m.fatalf("%d prepare requests in flight, want 1 (the node move limit)", n)
+	}
+	done()
+	m.waitBalanced("the channels to spread onto " + b.name)
+	m.requireNoPrepareKeys()
+	if got := len(m.channelsOn(a.ID())); got != len(chs)/2 {
+		m.fatalf("%s holds %d channels, want %d", a.name, got, len(chs)/2)
+	}
 }
