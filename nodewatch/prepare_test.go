@@ -160,3 +160,31 @@ func TestPrepareWithdrawn(t *testing.T) {
 		t.Fatalf("a withdrawn request was answered: %v", err)
 	}
 }
+
+// A ToWatch that comes while Prepare still runs (the request deleted in
+// the same txn) cancels Prepare, waits for it, then watches; no Unprepare.
+func TestWatchCancelsRunningPrepare(t *testing.T) {
+	e, ph := newPrepEnv(t)
+	started := make(chan struct{})
+	ph.prepare = func(ctx context.Context, _ meta.ChannelInfo) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	id := e.start()
+	e.putPrepare(id, "dml_0")
+	<-started
+	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "dml_0", CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
+	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, "dml_0")), kv.OpPut(meta.ChannelKey(id, "dml_0"), val)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, "dml_0", meta.Watched)
+	e.stop()
+	if u := ph.unprepares(); len(u) != 0 {
+		t.Fatalf("Unprepare called %v although the channel was assigned to the node", u)
+	}
+	log := e.h.calls()
+	if i, j := slices.Index(log, "prepare dml_0"), slices.Index(log, "watch dml_0"); i < 0 || j < i {
+		t.Fatalf("calls %v: want prepare before watch", log)
+	}
+}
