@@ -173,11 +173,54 @@ func (r *reconciler) planned(u *unit, ch string, from int64) *unit {
 }
 
 // drainMove starts moving k off its stopping node, if the budget allows.
-func (r *reconciler) drainMove(p *plan, k *keyEntry, reg *regEntry, now time.Time) {
+// A running channel (warm) whose last preparation did not fail may move
+// warm when some serving node can prepare: its destination is chosen after
+// the walk (startWarmDrains).
+func (r *reconciler) drainMove(p *plan, k *keyEntry, reg *regEntry, warm bool, now time.Time) {
 	if !r.mayMove(p, k.node, 0, now) {
 		return
 	}
+	if warm && reg != nil && !reg.corrupt && r.ch(k.ch).prepFails == 0 && r.anyPreparer(p) {
+		p.warmDrains = append(p.warmDrains, placement{ch: k.ch, reg: reg, src: k})
+		return
+	}
 	p.add(r.planned(r.release(k, reg, "drain", false, "", now), k.ch, k.node))
+}
+
+// anyPreparer reports whether a serving node advertises Prepare (counted
+// once per pass).
+func (r *reconciler) anyPreparer(p *plan) bool {
+	if !p.preparersCounted {
+		p.preparersCounted = true
+		for id := range r.v.nodes {
+			if r.canPrepare(id) {
+				p.preparers++
+			}
+		}
+	}
+	return p.preparers > 0
+}
+
+// startWarmDrains chooses, with the policy, where each of the pass's warm
+// drains goes: onto a node that can prepare, it starts with a prepare
+// request (the release follows Prepared, see prepare.go); onto any other
+// node, or none, it is released cold as before.
+func (r *reconciler) startWarmDrains(p *plan, serving []int64, now time.Time) {
+	if len(p.warmDrains) == 0 {
+		return
+	}
+	targets, _ := r.chooseTargets(p, p.warmDrains, serving, now)
+	for i, d := range p.warmDrains {
+		k, to := d.src, targets[i]
+		if to == 0 || !r.canPrepare(to) {
+			p.add(r.planned(r.release(k, d.reg, "drain", false, "", now), k.ch, k.node))
+			continue
+		}
+		if l := p.loads[to]; l != nil {
+			l.Channels = append(l.Channels, r.policyChannel(d.ch, d.reg, 0))
+		}
+		p.add(r.planned(r.prepareUnit(k, d.reg, to, now), k.ch, k.node))
+	}
 }
 
 // publishMoves sets the moves_queued gauge from the pass's counts, and

@@ -24,6 +24,13 @@ type plan struct {
 	counts    map[string]float64 // registered channels by state, for the channels gauge (full passes only)
 	releasing bool               // some assignment is ToRelease: a Released answer may come
 	moves     *moveCounts        // planned moves in flight (see budget.go); nil until needed
+	// warmDrains are drained channels that may move warm: their
+	// destination is chosen after the walk (see startWarmDrains).
+	warmDrains []placement
+	// preparers counts the serving nodes that advertise Prepare, once
+	// preparersCounted (see anyPreparer).
+	preparers        int
+	preparersCounted bool
 }
 
 // placement is a channel to put ToWatch on a node chosen in placeAll.
@@ -297,6 +304,7 @@ func (r *reconciler) decide(now time.Time) *plan {
 		r.decideChannel(p, ch, now)
 	}
 	r.placeAll(p, serving, now)
+	r.startWarmDrains(p, serving, now)
 	if len(p.units) == 0 && len(p.evictions) == 0 && !p.pending && len(r.retry) == 0 {
 		r.balance(p, serving, now)
 	}
@@ -447,10 +455,8 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 			l.Channels[len(l.Channels)-1].Movable = true
 		}
 	}
-	if prep != nil && (prep.info.State == meta.Prepared && primary.info.State == meta.Watched) {
-		if ne, _ := r.owner(primary); ne != nil && !ne.draining() {
-			return // decidePrepare released it
-		}
+	if prep != nil && primary.info.State == meta.Watched {
+		return // a warm move in flight: decidePrepare releases it once Prepared
 	}
 	r.decidePrimary(p, ch, reg, primary, prep, now)
 }
@@ -504,7 +510,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	case meta.ToWatch:
 		switch {
 		case ne.draining():
-			r.drainMove(p, k, reg, now)
+			r.drainMove(p, k, reg, false, now)
 		case r.timedOut(k, r.cfg.watchTimeout, now):
 			r.c.m.timeouts.WithLabelValues("watch").Inc()
 			p.add(r.release(k, reg, "watch_timeout", true,
@@ -512,7 +518,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		}
 	case meta.Watched:
 		if ne.draining() {
-			r.drainMove(p, k, reg, now)
+			r.drainMove(p, k, reg, true, now)
 		}
 	case meta.WatchFailure:
 		p.add(r.release(k, reg, "watch_failure", true, "", now))
@@ -682,15 +688,32 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 		r.c.m.unplaceable.Set(0)
 		return
 	}
-	targets := make([]int64, len(p.place))
-	waits := make([]string, len(p.place)) // why a channel waits in remaining
+	targets, waits := r.chooseTargets(p, p.place, serving, now)
+	r.c.m.unplaceable.Set(float64(waiting(waits)))
+	for i, pl := range p.place {
+		if u := r.placeUnit(pl, targets[i], waits[i], now); u != nil {
+			if l := p.loads[targets[i]]; l != nil {
+				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
+			}
+			p.add(u)
+		}
+	}
+}
+
+// chooseTargets picks a serving node for each of place (0: none may take
+// it, and waits says why): a move's preferred node when it may take it,
+// probing nodes one channel each, then the policy, under the channels'
+// required labels.
+func (r *reconciler) chooseTargets(p *plan, place []placement, serving []int64, now time.Time) (targets []int64, waits []string) {
+	targets = make([]int64, len(place))
+	waits = make([]string, len(place)) // why a channel waits in remaining
 	if len(serving) > 0 {
 		isServing := func(id int64) bool { _, ok := p.loads[id]; return ok }
 		// Quarantined nodes take nothing; a probing node takes one channel.
 		ok, probe := r.nodeCaps(serving, now)
 		var rest []int
 		var chs []Channel
-		for i, pl := range p.place {
+		for i, pl := range place {
 			c := r.policyChannel(pl.ch, pl.reg, 0)
 			meets := func(id int64) bool { return p.loads[id].Meets(c) }
 			avoid := r.avoidAmong(pl.avoid, serving, meets)
@@ -716,15 +739,7 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 			targets[i], waits[i] = got[j], why[j]
 		}
 	}
-	r.c.m.unplaceable.Set(float64(waiting(waits)))
-	for i, pl := range p.place {
-		if u := r.placeUnit(pl, targets[i], waits[i], now); u != nil {
-			if l := p.loads[targets[i]]; l != nil {
-				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
-			}
-			p.add(u)
-		}
-	}
+	return targets, waits
 }
 
 // policyPlace calls the policy; a panic is logged and treated as an invalid

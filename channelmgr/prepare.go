@@ -81,8 +81,7 @@ func (r *reconciler) applyPrepare(kvp kv.KeyValue, put bool) {
 
 // decidePrepare acts on the prepare keys of ch and returns the one the
 // move in flight keeps (nil: none). On Prepared it starts the source's
-// release, unless the source is draining (its drain releases it, and the
-// placement after Released still prefers the prepared node).
+// release (a balance move's, or a drain's).
 func (r *reconciler) decidePrepare(p *plan, ch string, reg *regEntry, primary *keyEntry, extras int, now time.Time) *keyEntry {
 	var kept *keyEntry
 	for _, pk := range r.v.prepares[ch] {
@@ -113,10 +112,11 @@ func (r *reconciler) decidePrepare(p *plan, ch string, reg *regEntry, primary *k
 	if kept == nil || kept.info.State != meta.Prepared || primary.info.State != meta.Watched {
 		return kept
 	}
-	if ne, _ := r.owner(primary); ne == nil || ne.draining() {
-		return kept
+	reason := "balance"
+	if ne, _ := r.owner(primary); ne != nil && ne.draining() {
+		reason = "drain"
 	}
-	u := r.release(primary, reg, "balance", false, "", now)
+	u := r.release(primary, reg, reason, false, "", now)
 	if u != nil {
 		rt, to := r.ch(ch), kept.node
 		u.done = append(u.done, func(int64) { rt.target = to })

@@ -85,6 +85,8 @@ var mepScenarios = []mepScenario{
 	{"CoordinatorFailoverWhilePrepared", mepCoordinatorFailoverWhilePrepared},
 	{"PrepareKeysLeftBehind", mepPrepareKeysLeftBehind},
 	{"PrepareMoveLimit", mepPrepareMoveLimit},
+	{"PrepareOnDrain", mepPrepareOnDrain},
+	{"PrepareFailsOnDrain", mepPrepareFailsOnDrain},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
+	"github.com/chanwatch/chanwatch/session"
 )
 
 // Warm handoff (issue 13): a balance move onto a node whose handler
@@ -521,5 +522,66 @@ func mepPrepareMoveLimit(t *testing.T, m *mep) {
 	m.requireNoPrepareKeys()
 	if got := len(m.channelsOn(a.ID())); got != len(chs)/2 {
 		m.fatalf("%s holds %d channels, want %d", a.name, got, len(chs)/2)
+	}
+}
+
+// drainWarm drains w.a (the scenario paused balancing, so only the drain
+// moves channels) and waits until w.b holds them all.
+func (m *mep) drainWarm(w *warm) {
+	m.t.Helper()
+	m.mark(w)
+	if err := session.Drain(m.ctx, m.b, w.a.ID()); err != nil {
+		m.fatalf("Drain(%s): %v", w.a.name, err)
+	}
+	m.waitFor(w.a.name+" to be drained onto "+w.b.name, func() string {
+		if on := m.channelsOn(w.b.ID()); len(on) != len(w.chs) {
+			return fmt.Sprintf("%s holds %v", w.b.name, on)
+		}
+		return m.unsettled()
+	})
+}
+
+// mepPrepareOnDrain: a drain moves a running channel warm when the node
+// the policy picks for it can prepare: the stopping node releases it only
+// once the destination is prepared.
+func mepPrepareOnDrain(t *testing.T, m *mep) {
+	w := &warm{a: m.startNode()}
+	w.coord = m.leaderCoord()
+	w.chs = names("warmdrain", 2)
+	m.register(1, w.chs...)
+	m.settle()
+	if err := channelmgr.PauseBalance(m.ctx, m.b); err != nil {
+		m.fatalf("PauseBalance: %v", err)
+	}
+	w.b = m.startNode(withPreparer(nil))
+	m.drainWarm(w)
+	for _, ch := range w.chs {
+		m.requireWarmMove(w, ch)
+	}
+	m.requireNoPrepareKeys()
+}
+
+// mepPrepareFailsOnDrain: a drain whose destination fails to prepare
+// still completes: after the failure the channel moves cold.
+func mepPrepareFailsOnDrain(t *testing.T, m *mep) {
+	w := &warm{a: m.startNode()}
+	w.coord = m.leaderCoord()
+	w.chs = names("colddrain", 2)
+	m.register(1, w.chs...)
+	m.settle()
+	if err := channelmgr.PauseBalance(m.ctx, m.b); err != nil {
+		m.fatalf("PauseBalance: %v", err)
+	}
+	w.b = m.startNode(withPreparer(func(h *PreparingHandler) { h.FailPrepare("", -1) }))
+	m.drainWarm(w)
+	m.requireNoPrepareKeys()
+	for _, ch := range w.chs {
+		failed := false
+		for _, kc := range m.prepareChanges(ch, w.since) {
+			failed = failed || (kc.Type == kv.EventPut && kc.Info.State == meta.PrepareFailure)
+		}
+		if !failed {
+			m.fatalf("%s: no PrepareFailure before its cold move: %v", ch, m.prepareChanges(ch, w.since))
+		}
 	}
 }
