@@ -9,9 +9,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// Warm handoff (nodewatch.Preparer). A balance move of a channel onto a
-// node that advertises Prepare (meta.NodeSession.Prepare) starts with a
-// prepare request instead of the source's ToRelease:
+// Warm handoff (nodewatch.Preparer). A balance move or a drain of a
+// running channel onto a node that advertises Prepare
+// (meta.NodeSession.Prepare; a drain's destination is picked by the policy
+// after the walk, see startWarmDrains) starts with a prepare request
+// instead of the source's ToRelease:
 //
 //  1. the leader creates prepare/<dest>/<channel> (ToPrepare), comparing
 //     the channel's assignment key, so the request only exists while the
@@ -25,7 +27,7 @@ import (
 //
 // A request is abandoned (its key deleted; the channel stays where it
 // runs, and is not moved cold by this move: the policy may propose it
-// again) when the preparation fails or times out (both count against the
+// again after a backoff; a drained channel is released cold at once) when the preparation fails or times out (both count against the
 // destination's health, like a failed Watch), when the destination dies,
 // stops serving or no longer advertises Prepare, when the source dies
 // (failover is always cold, and the delete goes in the failover's txn),

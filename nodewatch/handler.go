@@ -91,9 +91,9 @@ type Handler interface {
 // Preparer is an optional capability of a Handler: warm handoff. A node
 // whose Handler also implements Preparer advertises it in its session key
 // (meta.NodeSession.Prepare), and the coordinator may then, before a
-// planned move (a balance move) of a channel onto this node, ask it to
-// prepare the channel: load its state, catch up on its log, subscribe
-// without consuming. Only once the node answered Prepared does the current
+// planned move (a balance move or a drain) of a channel onto this node,
+// ask it to prepare the channel: load its state, catch up on its log,
+// subscribe without consuming. Only once the node answered Prepared does the current
 // owner get ToRelease; on its Released, this node gets the usual ToWatch,
 // and Watch can be a fast activation of what Prepare built. Handlers that
 // do not implement Preparer behave exactly as before: their channels move
@@ -109,8 +109,9 @@ type Handler interface {
 //   - Prepare is called once per request (a prepare/<node>/<channel> key
 //     with state ToPrepare). nil answers Prepared; an error answers
 //     PrepareFailure with the error's text, and the coordinator leaves the
-//     channel where it is (a failed prepare also counts against this
-//     node's health, like a failed Watch).
+//     channel where it is, or moves it cold if it is being drained (a
+//     failed prepare also counts against this node's health, like a failed
+//     Watch).
 //   - Prepare's ctx is cancelled when the request is withdrawn (the move
 //     was abandoned, timed out, the channel went elsewhere, the coordinator
 //     changed its mind), when the node's session ends, when the node stops,
@@ -137,7 +138,8 @@ type Handler interface {
 // timeout (channelmgr.WithWatchTimeout), re-armed by progress: report it
 // with ReportProgress on Prepare's ctx, as for Watch. The attempt cap
 // (WithMaxAttempt) applies too. A preparation that times out is withdrawn
-// (its ctx cancelled, then Unprepare) and the channel stays where it ran.
+// (its ctx cancelled, then Unprepare) and the channel stays where it ran
+// (a drained one moves cold).
 //
 // A node that dies while preparing costs nothing but the preparation: the
 // coordinator deletes the request and leaves the channel on its owner.
