@@ -98,6 +98,26 @@ func (e *env) waitPrepare(node int64, ch string, want meta.State) meta.ChannelIn
 	return info
 }
 
+// takeOver completes a move as the coordinator does (one txn withdraws
+// the request and assigns ch), waits for Watched, stops the node, and
+// checks that Prepare came before Watch and that Unprepare never ran.
+func (e *env) takeOver(ph *prepHandler, id int64, ch string) {
+	e.t.Helper()
+	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: ch, CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
+	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, ch)), kv.OpPut(meta.ChannelKey(id, ch), val)}}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitState(id, ch, meta.Watched)
+	e.stop()
+	log := e.h.calls()
+	if i, j := slices.Index(log, "prepare "+ch), slices.Index(log, "watch "+ch); i < 0 || j < i {
+		e.t.Fatalf("calls %v: want prepare before watch", log)
+	}
+	if u := ph.unprepares(); len(u) != 0 {
+		e.t.Fatalf("Unprepare called %v although the channel was assigned to the node", u)
+	}
+}
+
 func TestPrepareThenWatch(t *testing.T) {
 	e, ph := newPrepEnv(t)
 	id := e.start()
@@ -110,21 +130,7 @@ func TestPrepareThenWatch(t *testing.T) {
 	if len(e.h.watches("dml_0")) != 0 {
 		t.Fatal("Watch called for a prepare request")
 	}
-	// The coordinator completes the move: one txn withdraws the request
-	// and assigns the channel.
-	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "dml_0", CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
-	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, "dml_0")), kv.OpPut(meta.ChannelKey(id, "dml_0"), val)}}); err != nil {
-		t.Fatal(err)
-	}
-	e.waitState(id, "dml_0", meta.Watched)
-	log := e.h.calls()
-	if i, j := slices.Index(log, "prepare dml_0"), slices.Index(log, "watch dml_0"); i < 0 || j < i {
-		t.Fatalf("calls %v: want prepare before watch", log)
-	}
-	e.stop()
-	if u := ph.unprepares(); len(u) != 0 {
-		t.Fatalf("Unprepare called %v after the Watch took the preparation over", u)
-	}
+	e.takeOver(ph, id, "dml_0")
 	if p := ph.prepared; len(p) != 1 || p[0].AssignRevision != 0 || p[0].State != meta.ToPrepare {
 		t.Fatalf("Prepare got %+v; want one request with no fencing token", p)
 	}
@@ -141,7 +147,9 @@ func TestPrepareFailureAnswered(t *testing.T) {
 	}
 }
 
-func TestPrepareWithdrawn(t *testing.T) {
+// preparing starts a node whose Prepare runs until its ctx ends, and asks
+// it to prepare ch; it returns once Prepare runs.
+func preparing(t *testing.T, ch string) (*env, *prepHandler, int64) {
 	e, ph := newPrepEnv(t)
 	started := make(chan struct{})
 	ph.prepare = func(ctx context.Context, _ meta.ChannelInfo) error {
@@ -150,8 +158,13 @@ func TestPrepareWithdrawn(t *testing.T) {
 		return ctx.Err()
 	}
 	id := e.start()
-	e.putPrepare(id, "dml_0")
+	e.putPrepare(id, ch)
 	<-started
+	return e, ph, id
+}
+
+func TestPrepareWithdrawn(t *testing.T) {
+	e, ph, id := preparing(t, "dml_0")
 	if _, _, err := kv.Delete(e.ctx(), e.store, meta.PrepareKey(id, "dml_0")); err != nil {
 		t.Fatal(err)
 	}
@@ -164,27 +177,6 @@ func TestPrepareWithdrawn(t *testing.T) {
 // A ToWatch that comes while Prepare still runs (the request deleted in
 // the same txn) cancels Prepare, waits for it, then watches; no Unprepare.
 func TestWatchCancelsRunningPrepare(t *testing.T) {
-	e, ph := newPrepEnv(t)
-	started := make(chan struct{})
-	ph.prepare = func(ctx context.Context, _ meta.ChannelInfo) error {
-		close(started)
-		<-ctx.Done()
-		return ctx.Err()
-	}
-	id := e.start()
-	e.putPrepare(id, "dml_0")
-	<-started
-	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "dml_0", CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
-	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, "dml_0")), kv.OpPut(meta.ChannelKey(id, "dml_0"), val)}}); err != nil {
-		t.Fatal(err)
-	}
-	e.waitState(id, "dml_0", meta.Watched)
-	e.stop()
-	if u := ph.unprepares(); len(u) != 0 {
-		t.Fatalf("Unprepare called %v although the channel was assigned to the node", u)
-	}
-	log := e.h.calls()
-	if i, j := slices.Index(log, "prepare dml_0"), slices.Index(log, "watch dml_0"); i < 0 || j < i {
-		t.Fatalf("calls %v: want prepare before watch", log)
-	}
+	e, ph, id := preparing(t, "dml_0")
+	e.takeOver(ph, id, "dml_0")
 }
