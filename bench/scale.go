@@ -99,7 +99,7 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	}
 	regTook := time.Since(start)
 	e.logf("B12: registration (%d txns) took %v", regTxns, regTook)
-	if err := tr.waitProgress(ctx, e, "B12: Watched", channels); err != nil {
+	if err := tr.waitProgress(ctx, e, "B12: Watched", channels, sf.lostLease); err != nil {
 		co.stop()
 		p.Close()
 		return r, fmt.Errorf("bench: B12: waiting for %d Watched: %w", channels, err)
@@ -230,7 +230,8 @@ func (t *tracker) busiestNode() (int64, int) {
 
 // simFleet is B12's simulated nodes: sessions on their own leases (kept
 // alive in one loop), and one watch on the root's assignments whose
-// answers a pool of workers writes, each as the node's own CAS txn.
+// answers a pool of workers writes, one txn of CASes per node for what it
+// received while its last txn was in flight, as nodewatch batches.
 type simFleet struct {
 	ttl     time.Duration
 	acks    []*proc // the workers' handles, one connection each
@@ -239,6 +240,7 @@ type simFleet struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errs    atomic.Int64
+	lost    atomic.Int64 // a node whose lease expired uncrashed (see lostLease)
 }
 
 // simTTL is the simulated nodes' session TTL when there are more than
@@ -323,27 +325,34 @@ func startSimFleet(ctx context.Context, e *Env, root string, nodes int) (*simFle
 		return nil, err
 	}
 
-	sf.wg.Go(func() { sf.keepAlive(rctx, b) })
-	work := make(chan kv.KeyValue, 1<<16)
+	sf.wg.Go(func() { sf.keepAlive(rctx) })
+	// Each node's answers queue on the node; a worker takes a node with
+	// answers waiting and sends all of them in one txn, and answers that
+	// arrive meanwhile wait for the next: what nodewatch's acker does, one
+	// txn in flight per node.
+	q := newAckQueue()
 	for i := range simWorkers {
 		p := sf.acks[i%len(sf.acks)]
 		sf.wg.Go(func() {
-			for it := range work {
-				sf.answer(rctx, p, it)
+			for {
+				node, its, ok := q.take(rctx)
+				if !ok {
+					return
+				}
+				sf.answer(rctx, p, its)
+				q.done(node)
 			}
 		})
 	}
 	wch := b.Watch(rctx, meta.ChannelPrefix, rev+1)
 	sf.wg.Go(func() {
-		defer close(work)
 		for resp := range wch {
 			for _, ev := range resp.Events {
-				if ev.Type == kv.EventPut {
-					select {
-					case work <- ev.KV:
-					case <-rctx.Done():
-						return
-					}
+				if ev.Type != kv.EventPut {
+					continue
+				}
+				if node, _, err := meta.ParseChannelKey(ev.KV.Key); err == nil && node != 0 {
+					q.add(node, ev.KV)
 				}
 			}
 		}
@@ -352,43 +361,130 @@ func startSimFleet(ctx context.Context, e *Env, root string, nodes int) (*simFle
 	return sf, nil
 }
 
-// answer writes a node's answer to one assignment put, as nodewatch does:
-// Watched for a ToWatch (its mod revision is the token), Released for a
-// ToRelease, each a CAS on the key's mod revision. Anything else, a
-// crashed node's key or a key that moved on, gets nothing.
-func (sf *simFleet) answer(ctx context.Context, b kv.KV, it kv.KeyValue) {
-	node, _, err := meta.ParseChannelKey(it.Key)
-	if err != nil || node == 0 {
-		return
+// answer writes one node's answers to the assignment puts it received
+// together, as nodewatch does: Watched for a ToWatch (its mod revision is
+// the token), Released for a ToRelease, each a CAS on the key's mod
+// revision, all in one txn (MaxTxnOps at a time). When a batch fails
+// (a key moved on), each answer is sent alone, which is where nodewatch's
+// resend of the keys that held would land too. A crashed node's keys, and
+// keys in any other state, get nothing.
+func (sf *simFleet) answer(ctx context.Context, b kv.KV, its []kv.KeyValue) {
+	var cmps []kv.Cmp
+	var puts []kv.Op
+	for _, it := range its {
+		node, _, err := meta.ParseChannelKey(it.Key)
+		if err != nil || node == 0 {
+			continue
+		}
+		if _, dead := sf.crashed.Load(node); dead {
+			return
+		}
+		info, err := meta.DecodeChannelInfo(it.Key, it.Value)
+		if err != nil {
+			continue
+		}
+		switch info.State {
+		case meta.ToWatch:
+			info.AssignRevision = it.ModRevision
+			info.State, info.LastError = meta.Watched, ""
+		case meta.ToRelease:
+			info.State = meta.Released
+		default:
+			continue
+		}
+		val, err := meta.EncodeChannelInfo(info)
+		if err != nil {
+			continue
+		}
+		cmps = append(cmps, kv.CmpModRevision(it.Key, kv.Equal, it.ModRevision))
+		puts = append(puts, kv.OpPut(it.Key, val))
 	}
-	if _, dead := sf.crashed.Load(node); dead {
-		return
-	}
-	info, err := meta.DecodeChannelInfo(it.Key, it.Value)
-	if err != nil {
-		return
-	}
-	switch info.State {
-	case meta.ToWatch:
-		info.AssignRevision = it.ModRevision
-		info.State, info.LastError = meta.Watched, ""
-	case meta.ToRelease:
-		info.State = meta.Released
-	default:
-		return
-	}
-	val, err := meta.EncodeChannelInfo(info)
-	if err != nil {
-		return
-	}
-	if _, err := b.Txn(ctx, kv.Txn{If: []kv.Cmp{kv.CmpModRevision(it.Key, kv.Equal, it.ModRevision)},
-		Then: []kv.Op{kv.OpPut(it.Key, val)}}); err != nil && ctx.Err() == nil {
-		sf.errs.Add(1)
+	for len(cmps) > 0 {
+		n := min(len(cmps), b.MaxTxnOps())
+		resp, err := b.Txn(ctx, kv.Txn{If: cmps[:n], Then: puts[:n]})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			sf.errs.Add(1)
+		case err == nil && !resp.Succeeded && n > 1:
+			for i := range n {
+				if _, err := b.Txn(ctx, kv.Txn{If: cmps[i : i+1], Then: puts[i : i+1]}); err != nil && ctx.Err() == nil {
+					sf.errs.Add(1)
+				}
+			}
+		}
+		cmps, puts = cmps[n:], puts[n:]
 	}
 }
 
-// keepAlive renews every live lease once a third of the TTL.
-func (sf *simFleet) keepAlive(ctx context.Context, b kv.Leaser) {
+// ackQueue holds the simulated nodes' answers waiting to be sent: per
+// node, the assignment puts received since its last txn went out, and the
+// nodes that have some and no txn in flight, in arrival order.
+type ackQueue struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pending  map[int64][]kv.KeyValue
+	inFlight map[int64]bool
+	ready    []int64
+}
+
+func newAckQueue() *ackQueue {
+	q := &ackQueue{pending: map[int64][]kv.KeyValue{}, inFlight: map[int64]bool{}}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+func (q *ackQueue) add(node int64, it kv.KeyValue) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending[node]) == 0 && !q.inFlight[node] {
+		q.ready = append(q.ready, node)
+		q.cond.Signal()
+	}
+	q.pending[node] = append(q.pending[node], it)
+}
+
+// take waits for a node with answers waiting and no txn in flight, and
+// hands over its answers; false once ctx ends.
+func (q *ackQueue) take(ctx context.Context) (int64, []kv.KeyValue, bool) {
+	stop := context.AfterFunc(ctx, func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		q.cond.Broadcast()
+	})
+	defer stop()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.ready) == 0 {
+		if ctx.Err() != nil {
+			return 0, nil, false
+		}
+		q.cond.Wait()
+	}
+	node := q.ready[0]
+	q.ready = q.ready[1:]
+	its := q.pending[node]
+	delete(q.pending, node)
+	q.inFlight[node] = true
+	return node, its, true
+}
+
+// done ends node's txn; answers that came meanwhile make it ready again.
+func (q *ackQueue) done(node int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.inFlight, node)
+	if len(q.pending[node]) > 0 {
+		q.ready = append(q.ready, node)
+		q.cond.Signal()
+	}
+}
+
+// keepAlive renews every live lease once a third of the TTL, from all the
+// fleet's connections at once (one after another, 20 renewals could take
+// longer than a 2 s TTL on a loaded machine). A lease found gone that the
+// bench did not crash is recorded (see lostLease): the simulated node does
+// not register again, as a real one would, so the run cannot finish.
+func (sf *simFleet) keepAlive(ctx context.Context) {
 	t := time.NewTicker(sf.ttl / 3)
 	defer t.Stop()
 	for {
@@ -397,15 +493,41 @@ func (sf *simFleet) keepAlive(ctx context.Context, b kv.Leaser) {
 			return
 		case <-t.C:
 		}
-		for id, l := range sf.leases {
-			if _, dead := sf.crashed.Load(id); dead {
-				continue
-			}
-			if _, err := b.KeepAliveOnce(ctx, l); err != nil && !errors.Is(err, kv.ErrLeaseNotFound) && ctx.Err() == nil {
-				sf.errs.Add(1)
+		ids := make(chan int64)
+		var wg sync.WaitGroup
+		for _, b := range sf.acks {
+			wg.Go(func() {
+				for id := range ids {
+					_, err := b.KeepAliveOnce(ctx, sf.leases[id])
+					switch {
+					case ctx.Err() != nil:
+					case errors.Is(err, kv.ErrLeaseNotFound):
+						if _, dead := sf.crashed.Load(id); !dead {
+							sf.lost.CompareAndSwap(0, id)
+						}
+					case err != nil:
+						sf.errs.Add(1)
+					}
+				}
+			})
+		}
+		for id := range sf.leases {
+			if _, dead := sf.crashed.Load(id); !dead {
+				ids <- id
 			}
 		}
+		close(ids)
+		wg.Wait()
 	}
+}
+
+// lostLease is an error naming a simulated node whose lease expired
+// without the bench crashing it, or nil.
+func (sf *simFleet) lostLease() error {
+	if id := sf.lost.Load(); id != 0 {
+		return fmt.Errorf("bench: B12: simulated node %d lost its lease (%v TTL): the fleet could not renew it in time on this machine", id, sf.ttl)
+	}
+	return nil
 }
 
 // crash stops node id's answers and renewals and returns its lease.
@@ -423,8 +545,10 @@ func (sf *simFleet) stop() {
 }
 
 // waitProgress waits until n channels are Watched, logging the count every
-// 10 seconds meanwhile.
-func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int) error {
+// 10 seconds meanwhile. It fails when a simulated node lost its lease
+// (lost), or when the count has not moved for noProgress.
+func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int, lost func() error) error {
+	last, since := -1, time.Now()
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := t.wait(wctx, func(t *tracker) bool { return t.watched == n })
@@ -439,5 +563,18 @@ func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int) 
 		w, keys := t.watched, len(t.keys)
 		t.mu.Unlock()
 		e.logf("%s: %d of %d (%d assignment keys)", what, w, n, keys)
+		if err := lost(); err != nil {
+			return fmt.Errorf("%w (%d of %d Watched)", err, w, n)
+		}
+		if w != last {
+			last, since = w, time.Now()
+		} else if stuck := time.Since(since); stuck >= noProgress {
+			return fmt.Errorf("bench: %s: %d of %d Watched, unchanged for %v", what, w, n, stuck.Round(time.Second))
+		}
 	}
 }
+
+// noProgress is how long waitProgress waits with the count standing still:
+// far longer than the coordinator's watch timeout (30 s), after which it
+// places again whatever was not acknowledged.
+const noProgress = 3 * time.Minute

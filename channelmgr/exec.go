@@ -116,12 +116,51 @@ func (r *reconciler) chRev(ch string) int64 {
 
 // execute sends the pass's units.
 func (r *reconciler) execute(ctx context.Context, units []*unit, now time.Time) error {
-	for _, b := range r.pack(units) {
-		if err := r.exec(ctx, b, now); err != nil {
-			return err
+	_, err := r.sendAll(ctx, r.pack(units), now)
+	return err
+}
+
+// maxTxnsInFlight bounds the txns of one pass sent at once.
+const maxTxnsInFlight = 8
+
+// sendAll sends batches, up to maxTxnsInFlight at once, and records their
+// outcomes in order, as exec does; it returns how many it sent. The
+// batches of one pass touch disjoint channels (all of a channel's writes
+// are in one unit), so the order in which they apply does not matter, and
+// a drain of thousands of channels costs a few round trips, not one per
+// batch.
+func (r *reconciler) sendAll(ctx context.Context, batches []*batch, now time.Time) (int, error) {
+	if len(batches) <= 1 {
+		for _, b := range batches {
+			if err := r.exec(ctx, b, now); err != nil {
+				return len(batches), err
+			}
+		}
+		return len(batches), nil
+	}
+	type result struct {
+		resp kv.TxnResponse
+		err  error
+	}
+	results := make([]result, len(batches))
+	sem := make(chan struct{}, maxTxnsInFlight)
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			results[i].resp, results[i].err = r.txn(ctx, b.txn)
+		}()
+	}
+	wg.Wait()
+	for i, b := range batches {
+		if err := r.record(ctx, b, results[i].resp, results[i].err, now); err != nil {
+			return len(batches), err
 		}
 	}
-	return nil
+	return len(batches), nil
 }
 
 // resend retries, unchanged, the batches whose outcome was unknown: the
@@ -189,6 +228,12 @@ func (r *reconciler) txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) 
 // txn showed that another coordinator leads.
 func (r *reconciler) exec(ctx context.Context, b *batch, now time.Time) error {
 	resp, err := r.txn(ctx, b.txn)
+	return r.record(ctx, b, resp, err, now)
+}
+
+// record records the outcome of b's txn (resp, err) on its channels; see
+// exec.
+func (r *reconciler) record(ctx context.Context, b *batch, resp kv.TxnResponse, err error, now time.Time) error {
 	m := r.c.m
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -72,14 +72,12 @@ func (r *reconciler) quickPass(ctx context.Context, chs []string) (bool, int, er
 	// channel's own units still go now.
 	p.loads = r.lastLoads
 	r.placeAll(p, serving, now)
-	batches := r.pack(p.units)
-	for _, b := range batches {
-		if err := r.exec(ctx, b, now); err != nil {
-			return true, 0, err
-		}
+	n, err := r.sendAll(ctx, r.pack(p.units), now)
+	if err != nil {
+		return true, 0, err
 	}
 	r.c.m.quickPasses.Inc()
-	return true, len(batches), nil
+	return true, n, nil
 }
 
 // quickBatch is the number of answers that start a quick pass at once,

@@ -39,7 +39,8 @@ type incarnation struct {
 	cancel context.CancelFunc
 	relCtx context.Context
 
-	wg    sync.WaitGroup // workers
+	acks  *acker         // sends the workers' compare-and-swaps, batched
+	wg    sync.WaitGroup // workers, the acker and the load reporter
 	mu    sync.Mutex
 	chans map[string]*channel
 	// preps are the preparations running or held (see prepare.go), and
@@ -78,8 +79,13 @@ func (inc *incarnation) running() []string {
 // returns only after every channel is released.
 func (inc *incarnation) serve(ctx context.Context) endReason {
 	inc.ctx, inc.cancel = context.WithCancel(ctx)
-	inc.wg.Add(1)
+	inc.acks = newAcker(inc.n.b)
+	inc.wg.Add(2)
 	go inc.reportLoads() // idle until the handler reports a load
+	go func() {
+		defer inc.wg.Done()
+		inc.acks.run(inc.ctx)
+	}()
 	inc.relCtx = context.WithoutCancel(ctx)
 	if inc.n.preparer() != nil {
 		inc.pwg.Add(1)

@@ -420,7 +420,8 @@ func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, inf
 	return ok, rev, err
 }
 
-// casRead is one If(ModRevision(key)==last) Then(Put) Else(Get) txn. An
+// casRead is one If(ModRevision(key)==last) Then(Put) Else(Get), sent
+// through the incarnation's acker (perhaps in one txn with other keys'). An
 // unknown outcome (kv.ErrUnknownOutcome) is resolved by reading the key
 // back until ctx ends: our value in place means the write landed (at the
 // key's mod revision, which the caller records as seen, so that the event
@@ -435,11 +436,8 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 		return false, 0, nil, err
 	}
 	for {
-		resp, err := inc.n.b.Txn(ctx, kv.Txn{
-			If:   []kv.Cmp{kv.CmpModRevision(key, kv.Equal, last)},
-			Then: []kv.Op{kv.OpPut(key, val)},
-			Else: []kv.Op{kv.OpGet(key)},
-		})
+		res := inc.acks.cas(ctx, key, last, val)
+		err := res.err
 		if errors.Is(err, kv.ErrUnknownOutcome) {
 			cur, rerr := inc.readBack(ctx, key)
 			switch {
@@ -457,14 +455,7 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 		if err != nil {
 			return false, 0, nil, err
 		}
-		if !resp.Succeeded {
-			var cur *kv.KeyValue
-			if len(resp.Responses) == 1 {
-				cur = resp.Responses[0].KV
-			}
-			return false, resp.Revision, cur, nil
-		}
-		return true, resp.Revision, nil, nil
+		return res.ok, res.rev, res.cur, nil
 	}
 }
 
