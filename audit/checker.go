@@ -65,7 +65,11 @@ type coordTerm struct {
 //   - every write a coordinator makes carries its leadership guard, and lands
 //     within that leadership (see WrapCoordinator);
 //   - every channel key a node writes is under its own prefix and is a
-//     compare-and-swap on the key's mod revision (see WrapNode);
+//     compare-and-swap on the key's mod revision (see WrapNode), and so is
+//     every answer to a prepare request (prepare/<node>/<channel>);
+//   - warm handoff (prepare/): a channel has at most one prepare key, and
+//     never on the node that holds its key under channel/ (a preparation
+//     never owns the channel);
 //   - for nodes named with ExpectFence, the node's handler runs nothing any
 //     more when its session key is deleted.
 //
@@ -82,6 +86,9 @@ type Checker struct {
 	kvs         map[string]kv.KeyValue
 	chanKeys    map[string]map[string]bool // channel -> keys under channel/
 	decoded     map[string]Assignment      // channel key -> its decoded value
+	prepKeys    map[string]map[string]bool // channel -> keys under prepare/
+	prepDecoded map[string]Assignment      // prepare key -> its decoded value
+	prepHistory map[string][]KeyChange     // channel -> changes under prepare/
 	registered  map[string]bool
 	placed      map[string]bool
 	nodes       map[int64]*nodeSession
@@ -111,6 +118,9 @@ func NewChecker(b kv.Backend, rec *Recorder) *Checker {
 		kvs:         make(map[string]kv.KeyValue),
 		chanKeys:    make(map[string]map[string]bool),
 		decoded:     make(map[string]Assignment),
+		prepKeys:    make(map[string]map[string]bool),
+		prepDecoded: make(map[string]Assignment),
+		prepHistory: make(map[string][]KeyChange),
 		registered:  make(map[string]bool),
 		placed:      make(map[string]bool),
 		nodes:       make(map[int64]*nodeSession),
@@ -201,6 +211,8 @@ func (c *Checker) reset(items []kv.KeyValue, rev int64) {
 	c.kvs = make(map[string]kv.KeyValue, len(items))
 	c.chanKeys = make(map[string]map[string]bool)
 	c.decoded = make(map[string]Assignment)
+	c.prepKeys = make(map[string]map[string]bool)
+	c.prepDecoded = make(map[string]Assignment)
 	c.applyLocked(rev, events, true)
 }
 
@@ -226,26 +238,13 @@ func (c *Checker) applyLocked(rev int64, events []kv.Event, snapshot bool) {
 		}
 		switch {
 		case strings.HasPrefix(key, meta.ChannelPrefix):
-			id, ch, err := meta.ParseChannelKey(key)
-			if err != nil {
-				continue // a foreign key: the components must skip it, and so do we
+			// A foreign key (ch ""): the components must skip it, and so do we.
+			if ch := track(e, rev, now, snapshot, meta.ParseChannelKey, meta.DecodeChannelInfo, c.chanKeys, c.decoded, c.history); ch != "" {
+				touched[ch] = true
 			}
-			touched[ch] = true
-			kc := KeyChange{Rev: rev, Time: now, Key: key, Type: e.Type, NodeID: id}
-			if e.Type == kv.EventPut {
-				if c.chanKeys[ch] == nil {
-					c.chanKeys[ch] = make(map[string]bool)
-				}
-				c.chanKeys[ch][key] = true
-				info, err := meta.DecodeChannelInfo(key, e.KV.Value)
-				kc.Info, kc.Corrupt = info, err != nil
-				c.decoded[key] = Assignment{NodeID: id, Key: key, Info: info, ModRevision: e.KV.ModRevision, Corrupt: err != nil}
-			} else {
-				delete(c.chanKeys[ch], key)
-				delete(c.decoded, key)
-			}
-			if !snapshot || e.Type == kv.EventPut {
-				c.history[ch] = append(c.history[ch], kc)
+		case strings.HasPrefix(key, meta.PreparePrefix):
+			if ch := track(e, rev, now, snapshot, meta.ParsePrepareKey, meta.DecodePrepareInfo, c.prepKeys, c.prepDecoded, c.prepHistory); ch != "" {
+				touched[ch] = true
 			}
 		case strings.HasPrefix(key, meta.RegistryPrefix):
 			ch, err := meta.ParseRegistryKey(key)
@@ -287,6 +286,7 @@ func (c *Checker) applyLocked(rev int64, events []kv.Event, snapshot bool) {
 		if len(keys) > 1 {
 			c.violate("invariant 1: channel %s has %d keys under channel/ at revision %d: %v", ch, len(keys), rev, sortedKeys(keys))
 		}
+		c.checkPrepareLocked(ch, rev)
 		if !c.registered[ch] {
 			continue
 		}
@@ -301,6 +301,66 @@ func (c *Checker) applyLocked(rev int64, events []kv.Event, snapshot bool) {
 	c.checkPendingLocked()
 	close(c.progress)
 	c.progress = make(chan struct{})
+}
+
+// track folds event e of a key under channel/ or prepare/ (parsed and
+// decoded by parse and decode) into keys (channel -> its keys), decoded
+// (key -> value) and history (channel -> changes), and returns the key's
+// channel ("" for a key that does not parse).
+func track(e kv.Event, rev int64, now time.Time, snapshot bool,
+	parse func(string) (int64, string, error), decode func(string, []byte) (meta.ChannelInfo, error),
+	keys map[string]map[string]bool, decoded map[string]Assignment, history map[string][]KeyChange,
+) string {
+	key := e.KV.Key
+	id, ch, err := parse(key)
+	if err != nil {
+		return ""
+	}
+	kc := KeyChange{Rev: rev, Time: now, Key: key, Type: e.Type, NodeID: id}
+	if e.Type == kv.EventPut {
+		if keys[ch] == nil {
+			keys[ch] = make(map[string]bool)
+		}
+		keys[ch][key] = true
+		info, err := decode(key, e.KV.Value)
+		kc.Info, kc.Corrupt = info, err != nil
+		decoded[key] = Assignment{NodeID: id, Key: key, Info: info, ModRevision: e.KV.ModRevision, Corrupt: err != nil}
+	} else {
+		delete(keys[ch], key)
+		delete(decoded, key)
+	}
+	if !snapshot || e.Type == kv.EventPut {
+		history[ch] = append(history[ch], kc)
+	}
+	return ch
+}
+
+// checkPrepareLocked checks the warm-handoff invariants of ch at rev: at
+// most one prepare key, and none on the node that holds the channel's key
+// under channel/.
+func (c *Checker) checkPrepareLocked(ch string, rev int64) {
+	pks := c.prepKeys[ch]
+	if len(pks) == 0 {
+		return
+	}
+	if len(pks) > 1 {
+		c.violate("prepare: channel %s has %d keys under prepare/ at revision %d: %v", ch, len(pks), rev, sortedKeys(pks))
+	}
+	for k := range c.chanKeys[ch] {
+		owner := c.decoded[k].NodeID
+		for pk := range pks {
+			if owner != 0 && c.prepDecoded[pk].NodeID == owner {
+				c.violate("prepare: channel %s has prepare key %s on its owner (%s) at revision %d", ch, pk, k, rev)
+			}
+		}
+	}
+}
+
+// PrepareHistory returns the changes to ch's prepare keys, in order.
+func (c *Checker) PrepareHistory(ch string) []KeyChange {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]KeyChange(nil), c.prepHistory[ch]...)
 }
 
 func (c *Checker) nodeEventLocked(rev, id int64, e kv.Event) {
@@ -501,6 +561,8 @@ type View struct {
 	Leader string
 	// BalancePaused reports the control key.
 	BalancePaused bool
+	// Prepare holds each channel's prepare keys (warm handoff), by key.
+	Prepare map[string][]Assignment
 }
 
 // View returns a snapshot of the state at the Checker's revision.
@@ -534,6 +596,12 @@ func (c *Checker) View() View {
 		v.Leader = s.ID
 	}
 	_, v.BalancePaused = c.kvs[meta.BalancePausedKey]
+	v.Prepare = make(map[string][]Assignment, len(c.prepKeys))
+	for ch, keys := range c.prepKeys {
+		for k := range keys {
+			v.Prepare[ch] = append(v.Prepare[ch], c.prepDecoded[k])
+		}
+	}
 	return v
 }
 

@@ -24,6 +24,11 @@ const (
 	WatchEnd
 	ReleaseStart
 	ReleaseEnd
+	// Warm handoff (PreparingHandler): a preparation never runs the
+	// channel, so these open no Interval.
+	PrepareStart
+	PrepareEnd
+	UnprepareEnd
 )
 
 func (k HandlerEventKind) String() string {
@@ -36,6 +41,12 @@ func (k HandlerEventKind) String() string {
 		return "ReleaseStart"
 	case ReleaseEnd:
 		return "ReleaseEnd"
+	case PrepareStart:
+		return "PrepareStart"
+	case PrepareEnd:
+		return "PrepareEnd"
+	case UnprepareEnd:
+		return "UnprepareEnd"
 	}
 	return fmt.Sprintf("HandlerEventKind(%d)", int(k))
 }
@@ -465,6 +476,11 @@ type script struct {
 	failRelease  int
 	panicRelease bool
 	stuckRelease chan struct{} // Release ignores ctx until closed
+	// PreparingHandler's scripts.
+	failPrepare  int
+	prepareHang  bool          // Prepare returns only when its ctx ends
+	prepareEvery time.Duration // ... reporting progress this often (0: never)
+	prepareGate  chan struct{} // Prepare waits until closed (or its ctx ends)
 }
 
 // RecordingHandler is a nodewatch.Handler that records every call in its

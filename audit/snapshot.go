@@ -32,6 +32,9 @@ const (
 	Unregistered Kind = "unregistered"
 	// BadLeader: the leader key is missing, corrupt, or on no lease.
 	BadLeader Kind = "leader"
+	// BadPrepare: a channel has more than one warm-handoff request under
+	// prepare/, or one on the node that holds its key under channel/.
+	BadPrepare Kind = "prepare"
 )
 
 // Problem is one broken invariant.
@@ -80,6 +83,8 @@ func Snapshot(items []kv.KeyValue, rev int64) Report {
 	assigned := make(map[string][]string) // channel -> keys under channel/
 	owner := make(map[string]int64)       // channel key -> node ID (0: remaining)
 	live := make(map[int64]meta.NodeSession)
+	prepares := make(map[string][]string) // channel -> keys under prepare/
+	prepNode := make(map[string]int64)    // prepare key -> node ID
 	leaderSeen := false
 	for _, it := range items {
 		key := it.Key
@@ -133,6 +138,17 @@ func Snapshot(items []kv.KeyValue, rev int64) Report {
 			if _, err := meta.DecodeQuarantine(key, it.Value); err != nil {
 				r.add(Corrupt, "", key, 0, "quarantine %s: %v", key, err)
 			}
+		case strings.HasPrefix(key, meta.PreparePrefix):
+			id, ch, err := meta.ParsePrepareKey(key)
+			if err != nil {
+				r.add(Corrupt, "", key, 0, "key %s does not parse: %v", key, err)
+				continue
+			}
+			prepares[ch] = append(prepares[ch], key)
+			prepNode[key] = id
+			if _, err := meta.DecodePrepareInfo(key, it.Value); err != nil {
+				r.add(Corrupt, ch, key, id, "prepare request %s: %v", key, err)
+			}
 		}
 	}
 	if !leaderSeen {
@@ -162,6 +178,19 @@ func Snapshot(items []kv.KeyValue, rev int64) Report {
 			}
 		}
 	}
+	for ch, pks := range prepares {
+		slices.Sort(pks)
+		if len(pks) > 1 {
+			r.add(BadPrepare, ch, pks[0], 0, "channel %s has %d keys under prepare/: %s", ch, len(pks), strings.Join(pks, ", "))
+		}
+		for _, pk := range pks {
+			for _, k := range assigned[ch] {
+				if id := owner[k]; id != 0 && id == prepNode[pk] {
+					r.add(BadPrepare, ch, pk, id, "channel %s has a prepare request %s on its owner (%s)", ch, pk, k)
+				}
+			}
+		}
+	}
 	for ch := range registered {
 		if len(assigned[ch]) == 0 {
 			r.add(Unassigned, ch, meta.RegistryKey(ch), 0, "registered channel %s has no key under channel/", ch)
@@ -176,8 +205,8 @@ func Snapshot(items []kv.KeyValue, rev int64) Report {
 // Follower runs Snapshot on successive Lists of one root and reports a
 // problem that can be transient (Unassigned, GoneOwner, Unregistered,
 // BadLeader: each is true for a moment in a healthy failover) only once it
-// has lasted longer than Grace. TwoKeys and Corrupt are never transient and
-// are reported at once.
+// has lasted longer than Grace. TwoKeys, BadPrepare and Corrupt are never
+// transient and are reported at once.
 type Follower struct {
 	Grace time.Duration
 	first map[string]time.Time
@@ -195,8 +224,8 @@ func (f *Follower) Next(items []kv.KeyValue, rev int64, now time.Time) Report {
 			at = now
 		}
 		seen[id] = at
-		if p.Kind == TwoKeys || p.Kind == Corrupt || now.Sub(at) > f.Grace {
-			if p.Kind != TwoKeys && p.Kind != Corrupt {
+		if never := p.Kind == TwoKeys || p.Kind == Corrupt || p.Kind == BadPrepare; never || now.Sub(at) > f.Grace {
+			if !never {
 				p.Detail += fmt.Sprintf(" (for %v)", now.Sub(at).Round(time.Second))
 			}
 			kept = append(kept, p)

@@ -113,6 +113,14 @@ func TestSnapshotFindsEachFault(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, Unregistered, ch},
+		{"prepare on the owner", func(t *testing.T, b kv.Backend) {
+			put(t, b, meta.PrepareKey(1, ch), must(meta.EncodePrepareInfo(meta.ChannelInfo{Name: ch, State: meta.ToPrepare})), 0)
+		}, BadPrepare, ch},
+		{"two prepare keys", func(t *testing.T, b kv.Backend) {
+			put(t, b, meta.PrepareKey(2, ch), must(meta.EncodePrepareInfo(meta.ChannelInfo{Name: ch, State: meta.ToPrepare})), 0)
+			put(t, b, meta.PrepareKey(3, ch), must(meta.EncodePrepareInfo(meta.ChannelInfo{Name: ch, State: meta.Prepared})), 0)
+		}, BadPrepare, ch},
+		{"corrupt prepare", func(t *testing.T, b kv.Backend) { put(t, b, meta.PrepareKey(2, ch), []byte("{oops"), 0) }, Corrupt, ch},
 		{"leader missing", func(t *testing.T, b kv.Backend) {
 			if _, _, err := kv.Delete(context.Background(), b, meta.CoordinatorKey); err != nil {
 				t.Fatal(err)

@@ -97,9 +97,11 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 			continue
 		}
 		_, live := r.owner(primary)
-		// Until the view shows our ToRelease, the key still looks Watched.
+		// Until the view shows our ToRelease, the key still looks Watched;
+		// a warm move is in flight from its prepare request on.
+		prep := r.v.prepares[ch]
 		done := (rt == nil || !rt.pending(r.v.rev, now)) && (r.v.registry[ch] == nil || primary.node == 0 || !live ||
-			(!primary.corrupt && primary.info.State == meta.Watched))
+			(!primary.corrupt && primary.info.State == meta.Watched && len(prep) == 0))
 		switch {
 		case rt != nil && rt.move.from != 0 && done:
 			rt.move.from = 0
@@ -110,6 +112,9 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 			}
 		case live && !primary.corrupt && (primary.info.State == meta.ToRelease || primary.info.State == meta.Released):
 			mc.node[primary.node]++
+		case live && len(prep) > 0 && prep[0].node != primary.node:
+			mc.node[primary.node]++ // a predecessor's warm move
+			mc.node[prep[0].node]++
 		}
 	}
 	return mc
@@ -119,6 +124,9 @@ func (r *reconciler) counts(p *plan, now time.Time) *moveCounts {
 func (r *reconciler) moveTarget(rt *chanRT, k *keyEntry) int64 {
 	if rt.target != 0 {
 		return rt.target
+	}
+	if pks := r.v.prepares[k.ch]; len(pks) > 0 {
+		return pks[0].node // preparing there
 	}
 	if k.node != rt.move.from && !k.corrupt && k.info.State == meta.ToWatch {
 		return k.node
@@ -165,11 +173,54 @@ func (r *reconciler) planned(u *unit, ch string, from int64) *unit {
 }
 
 // drainMove starts moving k off its stopping node, if the budget allows.
-func (r *reconciler) drainMove(p *plan, k *keyEntry, reg *regEntry, now time.Time) {
+// A running channel (warm) whose last preparation did not fail may move
+// warm when some serving node can prepare: its destination is chosen after
+// the walk (startWarmDrains).
+func (r *reconciler) drainMove(p *plan, k *keyEntry, reg *regEntry, warm bool, now time.Time) {
 	if !r.mayMove(p, k.node, 0, now) {
 		return
 	}
+	if warm && reg != nil && !reg.corrupt && r.ch(k.ch).prepFails == 0 && r.anyPreparer(p) {
+		p.warmDrains = append(p.warmDrains, placement{ch: k.ch, reg: reg, src: k})
+		return
+	}
 	p.add(r.planned(r.release(k, reg, "drain", false, "", now), k.ch, k.node))
+}
+
+// anyPreparer reports whether a serving node advertises Prepare (counted
+// once per pass).
+func (r *reconciler) anyPreparer(p *plan) bool {
+	if !p.preparersCounted {
+		p.preparersCounted = true
+		for id := range r.v.nodes {
+			if r.canPrepare(id) {
+				p.preparers++
+			}
+		}
+	}
+	return p.preparers > 0
+}
+
+// startWarmDrains chooses, with the policy, where each of the pass's warm
+// drains goes: onto a node that can prepare, it starts with a prepare
+// request (the release follows Prepared, see prepare.go); onto any other
+// node, or none, it is released cold as before.
+func (r *reconciler) startWarmDrains(p *plan, serving []int64, now time.Time) {
+	if len(p.warmDrains) == 0 {
+		return
+	}
+	targets, _ := r.chooseTargets(p, p.warmDrains, serving, now)
+	for i, d := range p.warmDrains {
+		k, to := d.src, targets[i]
+		if to == 0 || !r.canPrepare(to) {
+			p.add(r.planned(r.release(k, d.reg, "drain", false, "", now), k.ch, k.node))
+			continue
+		}
+		if l := p.loads[to]; l != nil {
+			l.Channels = append(l.Channels, r.policyChannel(d.ch, d.reg, 0))
+		}
+		p.add(r.planned(r.prepareUnit(k, d.reg, to, now), k.ch, k.node))
+	}
 }
 
 // publishMoves sets the moves_queued gauge from the pass's counts, and

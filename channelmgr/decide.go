@@ -24,6 +24,13 @@ type plan struct {
 	counts    map[string]float64 // registered channels by state, for the channels gauge (full passes only)
 	releasing bool               // some assignment is ToRelease: a Released answer may come
 	moves     *moveCounts        // planned moves in flight (see budget.go); nil until needed
+	// warmDrains are drained channels that may move warm: their
+	// destination is chosen after the walk (see startWarmDrains).
+	warmDrains []placement
+	// preparers counts the serving nodes that advertise Prepare, once
+	// preparersCounted (see anyPreparer).
+	preparers        int
+	preparersCounted bool
 }
 
 // placement is a channel to put ToWatch on a node chosen in placeAll.
@@ -34,6 +41,8 @@ type placement struct {
 	avoid int64
 	pref  int64 // balance target
 	dead  bool  // src is on a dead node
+	// prep is the prepare request of a warm move, deleted in the same txn.
+	prep *keyEntry
 }
 
 // eviction is a live node that did not release k in time.
@@ -281,6 +290,11 @@ func (r *reconciler) decide(now time.Time) *plan {
 			sorted = append(sorted, ch)
 		}
 	}
+	for ch := range r.v.prepares {
+		if r.v.registry[ch] == nil && r.v.keys[ch] == nil {
+			sorted = append(sorted, ch) // a request left behind: withdrawn
+		}
+	}
 	slices.Sort(sorted)
 	p.counts = map[string]float64{"remaining": 0, "unassigned": 0}
 	for s := meta.ToWatch; s <= meta.ReleaseFailure; s++ {
@@ -290,6 +304,7 @@ func (r *reconciler) decide(now time.Time) *plan {
 		r.decideChannel(p, ch, now)
 	}
 	r.placeAll(p, serving, now)
+	r.startWarmDrains(p, serving, now)
 	if len(p.units) == 0 && len(p.evictions) == 0 && !p.pending && len(r.retry) == 0 {
 		r.balance(p, serving, now)
 	}
@@ -339,9 +354,13 @@ func (r *reconciler) decide(now time.Time) *plan {
 		}
 	}
 	for key := range r.timers {
-		if _, ch, err := meta.ParseChannelKey(key); err != nil || r.v.key(ch, key) == nil {
-			delete(r.timers, key)
+		if _, ch, err := meta.ParseChannelKey(key); err == nil && r.v.key(ch, key) != nil {
+			continue
 		}
+		if _, ch, err := meta.ParsePrepareKey(key); err == nil && r.v.prepareKey(ch, key) != nil {
+			continue
+		}
+		delete(r.timers, key)
 	}
 	return p
 }
@@ -381,6 +400,8 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		at = primary.node
 		if rt.target != 0 {
 			at = rt.target
+		} else if pks := r.v.prepares[ch]; len(pks) > 0 && !pks[0].corrupt && pks[0].node != primary.node {
+			at = pks[0].node // a warm move in flight goes there
 		}
 	case reg != nil && primary != nil && primary.node != 0 && r.inBackoff(rt, primary, now):
 		// A failed channel waiting out its backoff counts where it failed,
@@ -405,6 +426,10 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		(!primary.corrupt && (primary.info.State == meta.Watched || primary.info.State == meta.ToWatch))) {
 		rt.target = 0
 	}
+	var prep *keyEntry
+	if len(r.v.prepares[ch]) > 0 {
+		prep = r.decidePrepare(p, ch, reg, primary, len(extras), now)
+	}
 	const maxExtrasPerPass = 8 // keep one channel's merged unit far below MaxTxnOps
 	for i, k := range extras {
 		if i == maxExtrasPerPass {
@@ -423,13 +448,17 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 		p.place = append(p.place, placement{ch: ch, reg: reg})
 		return
 	}
-	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 {
+	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 && prep == nil &&
+		!r.prepareBackoff(rt, now) {
 		if l := p.loads[primary.node]; l != nil && at == primary.node {
 			p.movable[ch] = primary
 			l.Channels[len(l.Channels)-1].Movable = true
 		}
 	}
-	r.decidePrimary(p, ch, reg, primary, now)
+	if prep != nil && primary.info.State == meta.Watched {
+		return // a warm move in flight: decidePrepare releases it once Prepared
+	}
+	r.decidePrimary(p, ch, reg, primary, prep, now)
 }
 
 // policyChannel describes ch to the policy.
@@ -452,7 +481,9 @@ func (r *reconciler) hold(rt *chanRT, rev int64, msg, ch string, node int64) {
 }
 
 // decidePrimary acts on the assignment of a registered channel.
-func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntry, now time.Time) {
+// prep is the channel's prepare request the move in flight keeps (nil:
+// none): the placement after Released prefers its node and deletes it.
+func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntry, prep *keyEntry, now time.Time) {
 	rt := r.ch(ch)
 	if k.node == 0 {
 		if reg.corrupt && k.corrupt {
@@ -479,7 +510,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 	case meta.ToWatch:
 		switch {
 		case ne.draining():
-			r.drainMove(p, k, reg, now)
+			r.drainMove(p, k, reg, false, now)
 		case r.timedOut(k, r.cfg.watchTimeout, now):
 			r.c.m.timeouts.WithLabelValues("watch").Inc()
 			p.add(r.release(k, reg, "watch_timeout", true,
@@ -487,7 +518,7 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		}
 	case meta.Watched:
 		if ne.draining() {
-			r.drainMove(p, k, reg, now)
+			r.drainMove(p, k, reg, true, now)
 		}
 	case meta.WatchFailure:
 		p.add(r.release(k, reg, "watch_failure", true, "", now))
@@ -502,7 +533,11 @@ func (r *reconciler) decidePrimary(p *plan, ch string, reg *regEntry, k *keyEntr
 		if r.inBackoff(rt, k, now) {
 			return
 		}
-		p.place = append(p.place, placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target})
+		pl := placement{ch: ch, reg: reg, src: k, avoid: r.avoidOf(k), pref: rt.target, prep: prep}
+		if prep != nil && pl.pref == 0 {
+			pl.pref = prep.node
+		}
+		p.place = append(p.place, pl)
 	}
 }
 
@@ -653,15 +688,32 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 		r.c.m.unplaceable.Set(0)
 		return
 	}
-	targets := make([]int64, len(p.place))
-	waits := make([]string, len(p.place)) // why a channel waits in remaining
+	targets, waits := r.chooseTargets(p, p.place, serving, now)
+	r.c.m.unplaceable.Set(float64(waiting(waits)))
+	for i, pl := range p.place {
+		if u := r.placeUnit(pl, targets[i], waits[i], now); u != nil {
+			if l := p.loads[targets[i]]; l != nil {
+				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
+			}
+			p.add(u)
+		}
+	}
+}
+
+// chooseTargets picks a serving node for each of place (0: none may take
+// it, and waits says why): a move's preferred node when it may take it,
+// probing nodes one channel each, then the policy, under the channels'
+// required labels.
+func (r *reconciler) chooseTargets(p *plan, place []placement, serving []int64, now time.Time) (targets []int64, waits []string) {
+	targets = make([]int64, len(place))
+	waits = make([]string, len(place)) // why a channel waits in remaining
 	if len(serving) > 0 {
 		isServing := func(id int64) bool { _, ok := p.loads[id]; return ok }
 		// Quarantined nodes take nothing; a probing node takes one channel.
 		ok, probe := r.nodeCaps(serving, now)
 		var rest []int
 		var chs []Channel
-		for i, pl := range p.place {
+		for i, pl := range place {
 			c := r.policyChannel(pl.ch, pl.reg, 0)
 			meets := func(id int64) bool { return p.loads[id].Meets(c) }
 			avoid := r.avoidAmong(pl.avoid, serving, meets)
@@ -687,15 +739,7 @@ func (r *reconciler) placeAll(p *plan, serving []int64, now time.Time) {
 			targets[i], waits[i] = got[j], why[j]
 		}
 	}
-	r.c.m.unplaceable.Set(float64(waiting(waits)))
-	for i, pl := range p.place {
-		if u := r.placeUnit(pl, targets[i], waits[i], now); u != nil {
-			if l := p.loads[targets[i]]; l != nil {
-				l.Channels = append(l.Channels, r.policyChannel(pl.ch, pl.reg, 0))
-			}
-			p.add(u)
-		}
-	}
+	return targets, waits
 }
 
 // policyPlace calls the policy; a panic is logged and treated as an invalid
@@ -793,9 +837,14 @@ func (r *reconciler) placeUnit(pl placement, target int64, wait string, now time
 		u.cmps = append(u.cmps, kv.CmpModRevision(src.key, kv.Equal, src.modRev), kv.CmpMissing(key))
 		u.ops = append(u.ops, kv.OpDelete(src.key), kv.OpPut(key, val))
 	}
+	if pl.prep != nil {
+		u.cmps = append(u.cmps, kv.CmpModRevision(pl.prep.key, kv.Equal, pl.prep.modRev))
+		u.ops = append(u.ops, kv.OpDelete(pl.prep.key))
+	}
 	rt, m, ch := r.ch(pl.ch), r.c.m, pl.ch
 	u.done = append(u.done, func(rev int64) {
 		rt.target, rt.placedOn = 0, target
+		rt.prepFails, rt.prepNotBefore = 0, time.Time{}
 		if pl.dead {
 			m.moves.WithLabelValues("failover").Inc()
 		}
@@ -834,7 +883,7 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 	for _, id := range probe {
 		probes[id] = true
 	}
-	inflight := 0
+	inflight := r.preparing()
 	for _, rt := range r.chans {
 		if rt.target != 0 {
 			inflight++
@@ -863,6 +912,11 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 		}
 		seen[mv.Channel] = true
 		budget--
+		if r.canPrepare(mv.To) {
+			// Warm handoff: the destination prepares first (prepare.go).
+			p.add(r.planned(r.prepareUnit(k, r.v.registry[mv.Channel], mv.To, r.clock.Now()), mv.Channel, mv.From))
+			continue
+		}
 		u := r.planned(r.release(k, r.v.registry[mv.Channel], "balance", false, "", r.clock.Now()), mv.Channel, mv.From)
 		if u == nil {
 			continue

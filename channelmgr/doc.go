@@ -47,6 +47,17 @@
 //     while another exists.
 //   - Balancing (a Policy's balance step, at most MaxMovesInFlight moves at
 //     once) can be paused with PauseBalance; failover never pauses.
+//   - Warm handoff: a balance move or a drain onto a node whose handler implements
+//     nodewatch.Preparer (meta.NodeSession.Prepare) first writes
+//     prepare/<node>/<channel> (ToPrepare); only on its Prepared answer is
+//     the source marked ToRelease, and the txn that puts ToWatch on the
+//     destination deletes the request. A request that fails, shows no
+//     progress for WatchTimeout, or whose move can no longer complete warm
+//     (destination gone or not serving, source gone, channel deregistered)
+//     is deleted and the channel stays where it runs; a failure counts
+//     against the destination's health; a drained channel then moves cold.
+//     Failover is always cold.
+//     The requests are the state: a new leader re-lists and continues.
 //   - A node that keeps failing is quarantined (WithQuarantine): after
 //     Watch failures or timeouts of several distinct channels with no
 //     success in between, or a failed Release, it gets no placements and no

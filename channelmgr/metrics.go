@@ -13,9 +13,10 @@ import (
 // appears with its first increment misses that increment).
 var (
 	moveReasons     = []string{"balance", "drain", "failover", "watch_timeout", "watch_failure", "deregistered", "duplicate", "corrupt"}
-	timeoutKinds    = []string{"watch", "release"}
+	timeoutKinds    = []string{"watch", "release", "prepare"}
+	prepareResults  = []string{"started", "abandoned"}
 	txnResults      = []string{"ok", "conflict", "too_large", "error"}
-	corruptPrefixes = []string{"registry", "session", "channel", "control"}
+	corruptPrefixes = []string{"registry", "session", "channel", "control", "prepare"}
 )
 
 func channelStates() []string {
@@ -30,11 +31,14 @@ func channelStates() []string {
 // are still created (and updated) but never exported, so the code has no
 // nil checks.
 type metrics struct {
-	channels   *prometheus.GaugeVec // state: ToWatch..ReleaseFailure, remaining, unassigned
-	tooLarge   prometheus.Gauge
-	moves      *prometheus.CounterVec // reason
-	placed     prometheus.Counter
-	timeouts   *prometheus.CounterVec // kind: watch, release
+	channels *prometheus.GaugeVec // state: ToWatch..ReleaseFailure, remaining, unassigned
+	tooLarge prometheus.Gauge
+	moves    *prometheus.CounterVec // reason
+	placed   prometheus.Counter
+	timeouts *prometheus.CounterVec // kind: watch, release, prepare
+	// prepares counts warm-handoff prepare requests started and abandoned
+	// (a completed one is deleted by its move's placement, not counted).
+	prepares   *prometheus.CounterVec // result
 	evictions  prometheus.Counter
 	fenced     prometheus.Counter
 	txns       *prometheus.CounterVec // result: ok, conflict, error
@@ -94,6 +98,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "pass_duration_seconds",
 			Help:    "Time the leader took for one round of decisions: deciding on its view and writing them (txns included).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		prepares: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "prepares_total",
+			Help: "Warm-handoff prepare requests (nodewatch.Preparer) started, and abandoned (failed, timed out, or the move could no longer complete warm)."}, []string{"result"}),
 		quickPasses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quick_passes_total",
 			Help: "Quick passes: decisions on just the channels a node answered Released for, made as the answer arrives instead of after the fold window."}),
 		movesQueued: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "moves_queued",
@@ -113,6 +119,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, v := range txnResults {
 		m.txns.WithLabelValues(v)
 	}
+	for _, v := range prepareResults {
+		m.prepares.WithLabelValues(v)
+	}
 	for _, v := range corruptPrefixes {
 		m.corrupt.WithLabelValues(v)
 	}
@@ -120,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.evictions, m.fenced,
+	for _, c := range []prometheus.Collector{m.channels, m.tooLarge, m.moves, m.placed, m.timeouts, m.prepares, m.evictions, m.fenced,
 		m.txns, m.corrupt, m.leader, m.leaderGain, m.quarantined, m.quarantines, m.pass, m.quickPasses, m.movesQueued,
 		m.unplaceable} {
 		errs = append(errs, reg.Register(c))

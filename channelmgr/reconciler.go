@@ -87,6 +87,11 @@ type chanRT struct {
 	releaseFailRev int64
 	// move is the planned move in flight (see budget.go).
 	move moveState
+	// prepFails counts the channel's failed or timed-out preparations in
+	// a row, and prepNotBefore is when a balance move may try another
+	// (see prepare.go).
+	prepFails     int
+	prepNotBefore time.Time
 }
 
 func newReconciler(c *Coordinator, l leader) *reconciler {

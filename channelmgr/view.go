@@ -22,6 +22,9 @@ type view struct {
 	// keys holds each channel's assignment keys, usually one: a slice,
 	// not a map, costs 8 bytes a key where a map costs hundreds.
 	keys map[string][]*keyEntry
+	// prepares holds each channel's warm-handoff requests
+	// (prepare/<node>/<channel>, see prepare.go), usually none.
+	prepares map[string][]*keyEntry
 
 	paused bool
 	// quarantine is control/quarantine/<id>: what the leader published.
@@ -116,6 +119,7 @@ func newView() view {
 		registry: map[string]*regEntry{},
 		nodes:    map[int64]*nodeEntry{},
 		keys:     map[string][]*keyEntry{},
+		prepares: map[string][]*keyEntry{},
 
 		quarantine: map[int64]*quarantineEntry{},
 		measured:   map[string]float64{},
@@ -233,6 +237,8 @@ func (r *reconciler) apply(ev kv.Event) {
 			return
 		}
 		v.quarantine[id] = &quarantineEntry{q: q, modRev: kvp.ModRevision}
+	case strings.HasPrefix(key, meta.PreparePrefix):
+		r.applyPrepare(kvp, put)
 	case strings.HasPrefix(key, meta.LoadPrefix):
 		r.applyLoad(kvp, put)
 	case key == meta.BalancePausedKey:

@@ -24,6 +24,8 @@ type (
 	Recorder = audit.Recorder
 	// RecordingHandler is audit.RecordingHandler.
 	RecordingHandler = audit.RecordingHandler
+	// PreparingHandler is audit.PreparingHandler.
+	PreparingHandler = audit.PreparingHandler
 	// HandlerEvent is audit.HandlerEvent.
 	HandlerEvent = audit.HandlerEvent
 	// HandlerEventKind is audit.HandlerEventKind.
@@ -38,6 +40,9 @@ const (
 	WatchEnd     = audit.WatchEnd
 	ReleaseStart = audit.ReleaseStart
 	ReleaseEnd   = audit.ReleaseEnd
+	PrepareStart = audit.PrepareStart
+	PrepareEnd   = audit.PrepareEnd
+	UnprepareEnd = audit.UnprepareEnd
 )
 
 // ErrInjected is the error the scripted handler failures return.

@@ -75,6 +75,18 @@ var mepScenarios = []mepScenario{
 	{"ConstraintNoNodeMeets", mepConstraintNoNodeMeets},
 	{"ZoneSpreadSurvivesZoneLoss", mepZoneSpreadSurvivesZoneLoss},
 	{"MeasuredLoad", mepMeasuredLoad},
+	{"PrepareSucceeds", mepPrepareSucceeds},
+	{"PrepareFails", mepPrepareFails},
+	{"PrepareTimesOut", mepPrepareTimesOut},
+	{"PrepareProgress", mepPrepareProgress},
+	{"DestinationDiesWhilePreparing", mepDestinationDiesWhilePreparing},
+	{"SourceDiesWhilePrepared", mepSourceDiesWhilePrepared},
+	{"CoordinatorFailoverWhilePreparing", mepCoordinatorFailoverWhilePreparing},
+	{"CoordinatorFailoverWhilePrepared", mepCoordinatorFailoverWhilePrepared},
+	{"PrepareKeysLeftBehind", mepPrepareKeysLeftBehind},
+	{"PrepareMoveLimit", mepPrepareMoveLimit},
+	{"PrepareOnDrain", mepPrepareOnDrain},
+	{"PrepareFailsOnDrain", mepPrepareFailsOnDrain},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

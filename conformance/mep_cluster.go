@@ -416,6 +416,7 @@ type mepNode struct {
 	ttl  time.Duration
 	kv   *procKV
 	h    *RecordingHandler
+	ph   *PreparingHandler // non-nil: the node's handler can prepare (withPreparer)
 	n    *nodewatch.Node
 	node atomic.Pointer[nodewatch.Node]
 
@@ -440,6 +441,7 @@ type nodeCfg struct {
 	progress   time.Duration
 	maxAttempt time.Duration // 0: nodewatch's default
 	script     func(h *RecordingHandler)
+	preparer   func(h *PreparingHandler) // see withPreparer
 	noWait     bool
 	extra      []nodewatch.Option // e.g. capacity and labels (mep_weighted.go)
 }
@@ -454,6 +456,18 @@ func withMaxAttempt(d time.Duration) nodeOpt { return func(c *nodeCfg) { c.maxAt
 
 // withScript scripts the node's handler before it starts.
 func withScript(f func(h *RecordingHandler)) nodeOpt { return func(c *nodeCfg) { c.script = f } }
+
+// withPreparer gives the node's handler the Preparer capability (warm
+// handoff), scripted by f (nil: Prepare succeeds at once).
+func withPreparer(f func(h *PreparingHandler)) nodeOpt {
+	return func(c *nodeCfg) {
+		c.preparer = func(h *PreparingHandler) {
+			if f != nil {
+				f(h)
+			}
+		}
+	}
+}
 
 // noWait returns from startNode without waiting for the registration.
 func noWait() nodeOpt { return func(c *nodeCfg) { c.noWait = true } }
@@ -488,7 +502,13 @@ func (m *mep) startNode(opts ...nodeOpt) *mepNode {
 		nwOpts = append(nwOpts, nodewatch.WithMaxAttempt(cfg.maxAttempt))
 	}
 	nwOpts = append(nwOpts, cfg.extra...)
-	n, err := nodewatch.New(mn.kv, mn.h, nwOpts...)
+	var h nodewatch.Handler = mn.h
+	if cfg.preparer != nil {
+		mn.ph = mn.h.Preparing()
+		cfg.preparer(mn.ph)
+		h = mn.ph
+	}
+	n, err := nodewatch.New(mn.kv, h, nwOpts...)
 	if err != nil {
 		m.t.Fatalf("nodewatch.New(%s): %v", name, err)
 	}
@@ -807,6 +827,9 @@ func (m *mep) unsettled() string {
 		if tok != a.Info.AssignRevision {
 			return fmt.Sprintf("%s runs with token %d but its key says %d", ch, tok, a.Info.AssignRevision)
 		}
+	}
+	for ch, pks := range v.Prepare {
+		return fmt.Sprintf("%s has %d prepare keys (%s %v)", ch, len(pks), pks[0].Key, pks[0].Info.State)
 	}
 	for ch, a := range v.Assign {
 		if !v.Registered[ch] && !a.Corrupt {

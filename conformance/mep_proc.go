@@ -354,10 +354,21 @@ func (p *procKV) checkWrite(t kv.Txn, resp kv.TxnResponse) bool {
 				p.mu.Unlock()
 				continue
 			}
-			if !strings.HasPrefix(o.Key, meta.ChannelPrefix) {
+			var id int64
+			var err error
+			switch {
+			case strings.HasPrefix(o.Key, meta.ChannelPrefix):
+				id, _, err = meta.ParseChannelKey(o.Key)
+			case strings.HasPrefix(o.Key, meta.PreparePrefix):
+				// A node answers its prepare requests; only the
+				// coordinator creates or withdraws them.
+				id, _, err = meta.ParsePrepareKey(o.Key)
+				if o.Type != kv.OpTypePut {
+					p.chk.Report("node %s deleted prepare key %s at revision %d: only the coordinator withdraws requests", p.name, o.Key, resp.Revision)
+				}
+			default:
 				continue
 			}
-			id, _, err := meta.ParseChannelKey(o.Key)
 			p.mu.Lock()
 			own := err == nil && p.nodeIDs[id]
 			p.mu.Unlock()

@@ -39,6 +39,11 @@ const (
 	ControlPrefix     = "control/"
 	BalancePausedKey  = "control/balance-paused"
 	QuarantinePrefix  = "control/quarantine/"
+	// PreparePrefix holds warm-handoff requests: prepare/<nodeID>/<channel>,
+	// written by the coordinator (ToPrepare) and answered by the node
+	// (Prepared, PrepareFailure). It is outside channel/ on purpose: a
+	// prepare key never makes its node an owner.
+	PreparePrefix = "prepare/"
 )
 
 // remainingSegment is the node segment of RemainingPrefix.
@@ -123,9 +128,15 @@ func ParseNodeSessionKey(key string) (int64, error) {
 // ParseChannelKey splits channel/<id>/<channel> into (id, channel), and
 // channel/remaining/<channel> into (0, channel).
 func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
-	rest, ok := strings.CutPrefix(key, ChannelPrefix)
+	return parseNodeChannelKey(key, ChannelPrefix, true)
+}
+
+// parseNodeChannelKey splits <prefix><id>/<channel> into (id, channel);
+// with remaining, the node segment "remaining" is (0, channel).
+func parseNodeChannelKey(key, prefix string, remaining bool) (int64, string, error) {
+	rest, ok := strings.CutPrefix(key, prefix)
 	if !ok {
-		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, ChannelPrefix)
+		return 0, "", fmt.Errorf("%w: %q is not under %s", ErrBadKey, key, prefix)
 	}
 	seg, ch, ok := strings.Cut(rest, "/")
 	if !ok {
@@ -134,7 +145,7 @@ func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
 	if err := ValidateChannel(ch); err != nil {
 		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
 	}
-	if seg == remainingSegment {
+	if remaining && seg == remainingSegment {
 		return 0, ch, nil
 	}
 	id, err := parseNodeID(seg)
@@ -142,6 +153,19 @@ func ParseChannelKey(key string) (nodeID int64, channel string, err error) {
 		return 0, "", fmt.Errorf("%w: %q: %w", ErrBadKey, key, err)
 	}
 	return id, ch, nil
+}
+
+// NodePreparePrefix is prepare/<id>/, the prefix a node that can prepare
+// watches.
+func NodePreparePrefix(id int64) string { return PreparePrefix + strconv.FormatInt(id, 10) + "/" }
+
+// PrepareKey is prepare/<id>/<channel>.
+func PrepareKey(id int64, channel string) string { return NodePreparePrefix(id) + channel }
+
+// ParsePrepareKey splits prepare/<id>/<channel> into (id, channel). Unlike
+// channel/ there is no "remaining" segment: id is always > 0.
+func ParsePrepareKey(key string) (nodeID int64, channel string, err error) {
+	return parseNodeChannelKey(key, PreparePrefix, false)
 }
 
 // QuarantineKey is control/quarantine/<id>.

@@ -27,6 +27,19 @@ const (
 	Released
 	// ReleaseFailure: the node could not stop it cleanly.
 	ReleaseFailure
+
+	// The prepare states (warm handoff) are the states of a
+	// prepare/<nodeID>/<channel> key, never of an assignment under
+	// channel/: the coordinator writes ToPrepare, the node answers Prepared
+	// or PrepareFailure. Preparing never makes the node the channel's owner.
+
+	// ToPrepare: the node should prepare the channel (load state, catch up)
+	// without running it.
+	ToPrepare
+	// Prepared: the node prepared it; a ToWatch may follow.
+	Prepared
+	// PrepareFailure: the node could not prepare it.
+	PrepareFailure
 )
 
 // StateUnknown is the old name of Unknown.
@@ -34,7 +47,8 @@ const (
 // Deprecated: use Unknown, named like the other states.
 const StateUnknown = Unknown
 
-var stateNames = [...]string{"Unknown", "ToWatch", "Watched", "WatchFailure", "ToRelease", "Released", "ReleaseFailure"}
+var stateNames = [...]string{"Unknown", "ToWatch", "Watched", "WatchFailure", "ToRelease", "Released", "ReleaseFailure",
+	"ToPrepare", "Prepared", "PrepareFailure"}
 
 // legacyStates are the names Milvus has used for the same states.
 var legacyStates = map[string]State{
@@ -52,12 +66,17 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
-// Valid reports whether s is one of the six protocol states.
+// Valid reports whether s is one of the six protocol states of an
+// assignment (channel/ keys). The prepare states are not.
 func (s State) Valid() bool { return s >= ToWatch && s <= ReleaseFailure }
+
+// ValidPrepare reports whether s is one of the three states of a prepare
+// key (ToPrepare, Prepared, PrepareFailure).
+func (s State) ValidPrepare() bool { return s >= ToPrepare && s <= PrepareFailure }
 
 // ParseState reads a state name, including Milvus's legacy names.
 func ParseState(name string) (State, error) {
-	for i := ToWatch; i <= ReleaseFailure; i++ {
+	for i := ToWatch; i <= PrepareFailure; i++ {
 		if stateNames[i] == name {
 			return i, nil
 		}
@@ -70,7 +89,7 @@ func ParseState(name string) (State, error) {
 
 // MarshalJSON writes the state's name.
 func (s State) MarshalJSON() ([]byte, error) {
-	if !s.Valid() {
+	if !s.Valid() && !s.ValidPrepare() {
 		return nil, fmt.Errorf("%w: cannot encode %v", ErrCorruptValue, s)
 	}
 	return json.Marshal(s.String())

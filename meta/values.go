@@ -118,6 +118,13 @@ type NodeSession struct {
 	// (zone=a, group=ingest); see placement.go.
 	Capacity float64 `json:"capacity,omitempty"`
 	Labels   Labels  `json:"labels,omitzero"`
+	// Prepare says the node's handler can prepare a channel before it
+	// takes it over (nodewatch.Preparer): the coordinator may then send it
+	// prepare/<id>/<channel> requests on planned moves. Omitted when false,
+	// so the values of other nodes are unchanged; a reader that predates it
+	// ignores it and simply never asks (no schema version bump: dropping it
+	// loses an optimisation, never a constraint).
+	Prepare bool `json:"prepare,omitempty"`
 }
 
 // Values of NodeSession.StopReason.
@@ -290,6 +297,48 @@ func DecodeCoordSession(key string, b []byte) (CoordSession, error) {
 	var s CoordSession
 	err := decode(key, b, &s)
 	return s, err
+}
+
+// EncodePrepareInfo encodes the value of a prepare/<id>/<channel> key: a
+// ChannelInfo (schema version 1, the same fields as an assignment) whose
+// State is ToPrepare, Prepared or PrepareFailure. AssignRevision is always
+// 0: a preparation has no fencing token, as it owns nothing. LastError is
+// bounded by TruncateError.
+func EncodePrepareInfo(c ChannelInfo) ([]byte, error) {
+	if err := c.validatePrepare(); err != nil {
+		return nil, err
+	}
+	c.LastError = TruncateError(c.LastError)
+	return encode(&c)
+}
+
+// DecodePrepareInfo decodes the value of prepare key key (used in errors).
+// A value whose name disagrees with the key's channel segment is corrupt.
+func DecodePrepareInfo(key string, b []byte) (ChannelInfo, error) {
+	var c ChannelInfo
+	if err := decode(key, b, &c); err != nil {
+		return ChannelInfo{}, err
+	}
+	if err := c.validatePrepare(); err != nil {
+		return ChannelInfo{}, fmt.Errorf("%w: %s: %w", ErrCorruptValue, key, err)
+	}
+	if _, ch, err := ParsePrepareKey(key); err == nil && ch != c.Name {
+		return ChannelInfo{}, fmt.Errorf("%w: %s: value names channel %q", ErrCorruptValue, key, c.Name)
+	}
+	return c, nil
+}
+
+func (c ChannelInfo) validatePrepare() error {
+	if err := ValidateChannel(c.Name); err != nil {
+		return err
+	}
+	if !c.State.ValidPrepare() {
+		return fmt.Errorf("%w: prepare of channel %q has state %v", ErrCorruptValue, c.Name, c.State)
+	}
+	if c.AssignRevision != 0 {
+		return fmt.Errorf("%w: prepare of channel %q carries a fencing token %d", ErrCorruptValue, c.Name, c.AssignRevision)
+	}
+	return nil
 }
 
 // MaxErrorLen bounds ChannelInfo.LastError, in bytes before JSON encoding

@@ -87,3 +87,70 @@ type Handler interface {
 	// (WithFenceMargin) to finish.
 	Release(ctx context.Context, channel string) error
 }
+
+// Preparer is an optional capability of a Handler: warm handoff. A node
+// whose Handler also implements Preparer advertises it in its session key
+// (meta.NodeSession.Prepare), and the coordinator may then, before a
+// planned move (a balance move or a drain) of a channel onto this node,
+// ask it to prepare the channel: load its state, catch up on its log,
+// subscribe without consuming. Only once the node answered Prepared does the current
+// owner get ToRelease; on its Released, this node gets the usual ToWatch,
+// and Watch can be a fast activation of what Prepare built. Handlers that
+// do not implement Preparer behave exactly as before: their channels move
+// cold.
+//
+// Prepare must never own the channel: it runs while another node still
+// runs it, has no fencing token (info.AssignRevision is 0), and must have
+// no side effect that needs one (no writes to the channel's storage, no
+// acknowledged consumption). Ownership starts with Watch, as always.
+//
+// Calls, for one channel:
+//
+//   - Prepare is called once per request (a prepare/<node>/<channel> key
+//     with state ToPrepare). nil answers Prepared; an error answers
+//     PrepareFailure with the error's text, and the coordinator leaves the
+//     channel where it is, or moves it cold if it is being drained (a
+//     failed prepare also counts against this node's health, like a failed
+//     Watch).
+//   - Prepare's ctx is cancelled when the request is withdrawn (the move
+//     was abandoned, timed out, the channel went elsewhere, the coordinator
+//     changed its mind), when the node's session ends, when the node stops,
+//     and when a Watch of the channel is about to start. Prepare must
+//     return promptly once it is; the node waits for it.
+//   - Watch of the channel starts only after Prepare returned. It may
+//     follow a Prepare that failed, was cancelled, or never finished, or
+//     come with no Prepare at all (failover is always cold): Watch must not
+//     rely on Prepare having completed, only use what it finds.
+//   - Unprepare(ctx, channel) frees what Prepare built when the
+//     preparation will not be used: called once after every Prepare whose
+//     request ended without this node being assigned the channel, after
+//     Prepare returned. It is not called when a Watch of the channel takes
+//     the preparation over (Watch, then Release, own it from then on).
+//     Unprepare is also called when the node's session ends or the node
+//     stops while a preparation is held. Its ctx is not cancelled; its
+//     error is logged only.
+//   - Prepare, Unprepare and Watch/Release of one channel are never called
+//     concurrently with each other by this node, with one exception: a
+//     Release of an earlier assignment of the channel on this node may
+//     still be running when a new Prepare starts.
+//
+// Progress and timeouts: the coordinator gives a preparation its watch
+// timeout (channelmgr.WithWatchTimeout), re-armed by progress: report it
+// with ReportProgress on Prepare's ctx, as for Watch. The attempt cap
+// (WithMaxAttempt) applies too. A preparation that times out is withdrawn
+// (its ctx cancelled, then Unprepare) and the channel stays where it ran
+// (a drained one moves cold).
+//
+// A node that dies while preparing costs nothing but the preparation: the
+// coordinator deletes the request and leaves the channel on its owner.
+//
+// Prepare's ctx carries NodeID and Assignment (the request's ChannelInfo,
+// with no fencing token). A panic in Prepare or Unprepare is recovered and
+// treated as an error.
+type Preparer interface {
+	// Prepare readies the channel described by info for a later Watch on
+	// this node, without owning it.
+	Prepare(ctx context.Context, info meta.ChannelInfo) error
+	// Unprepare frees what Prepare built, when no Watch will use it.
+	Unprepare(ctx context.Context, channel string) error
+}

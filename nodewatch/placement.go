@@ -32,7 +32,8 @@ func (c *config) validatePlacement() error {
 func (n *Node) sessionInfo() meta.NodeSession {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return meta.NodeSession{Addr: n.cfg.addr, Version: n.cfg.version, Capacity: n.cfg.capacity, Labels: n.cfg.labels}
+	return meta.NodeSession{Addr: n.cfg.addr, Version: n.cfg.version, Capacity: n.cfg.capacity, Labels: n.cfg.labels,
+		Prepare: n.preparer() != nil}
 }
 
 // SetCapacity changes the capacity the node advertises, at once in its

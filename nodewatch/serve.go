@@ -43,6 +43,10 @@ type incarnation struct {
 	wg    sync.WaitGroup // workers, the acker and the load reporter
 	mu    sync.Mutex
 	chans map[string]*channel
+	// preps are the preparations running or held (see prepare.go), and
+	// pwg their goroutines and the prepare watch.
+	preps map[string]*prepEntry
+	pwg   sync.WaitGroup
 }
 
 func newIncarnation(n *Node, sess *session.Session, node *session.Node) *incarnation {
@@ -54,6 +58,7 @@ func newIncarnation(n *Node, sess *session.Session, node *session.Node) *incarna
 		prefix: meta.NodePrefix(node.ID()),
 		log:    n.log.With(zap.Int64("node", node.ID())),
 		chans:  make(map[string]*channel),
+		preps:  make(map[string]*prepEntry),
 	}
 }
 
@@ -82,6 +87,10 @@ func (inc *incarnation) serve(ctx context.Context) endReason {
 		inc.acks.run(inc.ctx)
 	}()
 	inc.relCtx = context.WithoutCancel(ctx)
+	if inc.n.preparer() != nil {
+		inc.pwg.Add(1)
+		go inc.watchPrepares()
+	}
 	// A lost session cuts every pending call at once, even a hung one in
 	// the dispatcher: nothing may be written after the fence.
 	fenced := make(chan struct{})
@@ -263,6 +272,9 @@ func (inc *incarnation) empty() bool {
 // own worker, and waits for all of them.
 func (inc *incarnation) shutdown() {
 	inc.cancel()
+	// Preparations end first (Prepare's ctx derives from inc.ctx); each
+	// unprepares what it held.
+	inc.pwg.Wait()
 	inc.mu.Lock()
 	for _, c := range inc.chans {
 		c.queue = append(c.queue[:0], event{kind: evShutdown})

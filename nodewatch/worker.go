@@ -150,6 +150,8 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			return
 		}
 	}
+	// A preparation of the channel ends before its Watch starts.
+	inc.handOver(c.name)
 	actx, cancel := context.WithCancel(inc.ctx)
 	defer func() {
 		// The assignment's ctx outlives this call when Watch succeeded; it
@@ -356,7 +358,7 @@ func (inc *incarnation) cas(c *channel, last int64, info meta.ChannelInfo, log *
 		case err == nil:
 			// An earlier attempt whose outcome was unknown may have landed.
 			if ambiguous && cur != nil {
-				if val, _ := meta.EncodeChannelInfo(info); bytes.Equal(cur.Value, val) {
+				if val, _ := encodeFor(c.key, info); bytes.Equal(cur.Value, val) {
 					c.seen = max(c.seen, cur.ModRevision)
 					reported(log, info)
 					return true
@@ -396,12 +398,14 @@ func reported(log *zap.Logger, info meta.ChannelInfo) {
 		meta.WatchFailure:   "channel watch failed",
 		meta.Released:       "channel released",
 		meta.ReleaseFailure: "channel release failed",
+		meta.Prepared:       "channel prepared",
+		meta.PrepareFailure: "channel prepare failed",
 	}[info.State]
 	if msg == "" {
 		msg = "channel state reported"
 	}
 	fields := []zap.Field{zap.Stringer("state", info.State), zap.Int64("assign_revision", info.AssignRevision)}
-	if info.State == meta.WatchFailure || info.State == meta.ReleaseFailure {
+	if info.State == meta.WatchFailure || info.State == meta.ReleaseFailure || info.State == meta.PrepareFailure {
 		fields = append(fields, zap.String("last_error", info.LastError))
 	}
 	log.Info(msg, fields...)
@@ -427,7 +431,7 @@ func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, inf
 // the one it replaces (a new state, or a higher Progress), so a byte-equal
 // value is ours.
 func (inc *incarnation) casRead(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, *kv.KeyValue, error) {
-	val, err := meta.EncodeChannelInfo(info)
+	val, err := encodeFor(key, info)
 	if err != nil {
 		return false, 0, nil, err
 	}

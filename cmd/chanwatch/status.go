@@ -38,7 +38,26 @@ type nodeStatus struct {
 	// StopReason is why a stopping node stops: "drain" (an operator's:
 	// chanwatch undrain puts it back) or "shutdown" (its own process).
 	StopReason string `json:"stop_reason,omitempty"`
+	// Prepare: the node's handler can prepare channels (warm handoff);
+	// Preparing counts the prepare requests it holds now.
+	Prepare   bool `json:"prepare,omitempty"`
+	Preparing int  `json:"preparing,omitempty"`
 	placementStatus
+}
+
+// prepareWords says what a prepare state means in the status table.
+var prepareWords = map[string]string{
+	meta.ToPrepare.String():      "preparing",
+	meta.Prepared.String():       "prepared",
+	meta.PrepareFailure.String(): "prepare failed",
+}
+
+// prepareStatus is a channel's warm-handoff request: prepare/<node>/<channel>.
+type prepareStatus struct {
+	Node      int64   `json:"node"`
+	State     string  `json:"state"` // ToPrepare (preparing), Prepared, PrepareFailure
+	AgeSec    float64 `json:"age_in_state_s"`
+	LastError string  `json:"last_error,omitempty"`
 }
 
 type channelStatus struct {
@@ -62,7 +81,10 @@ type channelStatus struct {
 	// RegistryCorrupt: the channel's registry value does not decode (it is
 	// registered, but the coordinator cannot read its spec).
 	RegistryCorrupt bool `json:"registry_corrupt,omitempty"`
-	createRev       int64
+	// Prepare is the channel's warm-handoff request, while one exists: the
+	// node it moves to prepares it (ToPrepare) or is ready (Prepared).
+	Prepare   *prepareStatus `json:"prepare,omitempty"`
+	createRev int64
 	channelPlacement
 }
 
@@ -101,6 +123,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	incarnations := map[int64]int64{} // node ID -> session key create revision
 	quarantine := map[int64]meta.Quarantine{}
 	specs := map[string]meta.ChannelSpec{}
+	prepares := map[string]*prepareStatus{}
 	loads := map[int64]map[string]float64{} // load/<id>: measured loads
 	now := time.Now()
 	for _, it := range items {
@@ -128,7 +151,7 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 			if s.State == meta.NodeEvicted {
 				state = fmt.Sprintf("evicted by token %d: %s", s.EvictedBy, s.EvictReason)
 			}
-			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state, placementStatus: nodePlacement(s)}
+			nodes[s.ID] = &nodeStatus{ID: s.ID, Addr: s.Addr, State: state, Prepare: s.Prepare, placementStatus: nodePlacement(s)}
 			if s.State == meta.NodeStopping {
 				nodes[s.ID].StopReason = cmp.Or(s.StopReason, meta.StopDrain)
 			}
@@ -164,6 +187,22 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 				q = meta.Quarantine{Node: id, Reason: "corrupt quarantine key"}
 			}
 			quarantine[id] = q
+		case strings.HasPrefix(it.Key, meta.PreparePrefix):
+			id, ch, err := meta.ParsePrepareKey(it.Key)
+			if err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+				continue
+			}
+			info, err := meta.DecodePrepareInfo(it.Key, it.Value)
+			if err != nil {
+				r.Corrupt = append(r.Corrupt, it.Key)
+				continue
+			}
+			ps := &prepareStatus{Node: id, State: info.State.String(), LastError: info.LastError}
+			if !info.StartTime.IsZero() {
+				ps.AgeSec = now.Sub(info.StartTime).Round(100 * time.Millisecond).Seconds()
+			}
+			prepares[ch] = ps
 		case strings.HasPrefix(it.Key, meta.ChannelPrefix):
 			id, ch, err := meta.ParseChannelKey(it.Key)
 			if err != nil {
@@ -189,6 +228,10 @@ func gatherStatus(ctx context.Context, b kv.Backend, root string) (*statusReport
 	}
 	for i := range r.Channels {
 		c := &r.Channels[i]
+		c.Prepare = prepares[c.Name]
+		if c.Prepare != nil && nodes[c.Prepare.Node] != nil {
+			nodes[c.Prepare.Node].Preparing++
+		}
 		c.Registered = registered[c.Name]
 		c.RegistryCorrupt = corruptSpec[c.Name]
 		if n := nodes[c.Node]; n != nil {
@@ -357,6 +400,9 @@ func printStatusTable(w io.Writer, r *statusReport, f statusFilter) {
 			}
 			if c.Stale {
 				owner += " (stale: predates the node's session)"
+			}
+			if pr := c.Prepare; pr != nil {
+				state += fmt.Sprintf(" (%s on %d for %.1fs)", prepareWords[pr.State], pr.Node, pr.AgeSec)
 			}
 			chans = append(chans, []string{c.Name, fmt.Sprint(c.Collection), owner, state, fmt.Sprintf("%.1fs", c.AgeSec), fmt.Sprint(c.Attempts), orDash(c.LastError)})
 		}

@@ -237,3 +237,28 @@ func TestStatusWatchRedrawsOnTimerAndKeepsRunning(t *testing.T) {
 		t.Fatal("--watch did not return after its context ended")
 	}
 }
+
+func TestStatusShowsPreparing(t *testing.T) {
+	s := newTestStore(t)
+	s.assign(t, 5, "ch-warm", meta.Watched)
+	s.assign(t, 5, "ch-ready", meta.Watched)
+	for ch, st := range map[string]meta.State{"ch-warm": meta.ToPrepare, "ch-ready": meta.Prepared} {
+		val, err := meta.EncodePrepareInfo(meta.ChannelInfo{Name: ch, CollectionID: 7, State: st, StartTime: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.put(t, meta.PrepareKey(6, ch), val)
+	}
+	_, out, _ := s.cli(t, "status", "--exit-zero")
+	for _, want := range []string{"(preparing on 6 for", "(prepared on 6 for"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	_, out, _ = s.cli(t, "status", "-o", "json", "--exit-zero")
+	for _, want := range []string{`"state": "ToPrepare"`, `"state": "Prepared"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("-o json lacks %q:\n%s", want, out)
+		}
+	}
+}
