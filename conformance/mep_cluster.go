@@ -315,16 +315,23 @@ func (m *mep) lateSession() string {
 }
 
 // leaseLow reports whether key's lease has less than ttl/2 left. A key or
-// lease that is gone, or a read that fails, is not low: the wait's own
-// checks report what matters.
+// lease that is gone, or a read that fails or takes longer than
+// mepLeaseRead, is not low: the wait's own checks report what matters, and
+// the stepper must never wait on the store here (a raftkv TimeToLive is a
+// linearizable read on the leader, which a loaded machine can hold up).
 func (m *mep) leaseLow(key string, ttl time.Duration) bool {
-	kvp, _, err := m.b.Get(m.ctx, key)
+	ctx, cancel := context.WithTimeout(m.ctx, mepLeaseRead)
+	defer cancel()
+	kvp, _, err := m.b.Get(ctx, key)
 	if err != nil || kvp.Lease == 0 {
 		return false
 	}
-	left, err := m.b.TimeToLive(m.ctx, kvp.Lease)
+	left, err := m.b.TimeToLive(ctx, kvp.Lease)
 	return err == nil && left < ttl/2
 }
+
+// mepLeaseRead bounds, in real time, lateSession's reads of one lease.
+const mepLeaseRead = 500 * time.Millisecond
 
 func closed(ch <-chan struct{}) bool {
 	select {
