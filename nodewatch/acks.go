@@ -111,7 +111,11 @@ func (a *acker) run(ctx context.Context) {
 }
 
 // take dequeues the longest prefix of the queue that fits one txn (at least
-// one request; a request marked alone goes by itself).
+// one request; a request marked alone goes by itself). The prefix ends
+// before a second request for a key already in it: a txn may write a key
+// only once (etcd refuses it as a duplicate key, the other backends with
+// kv.ErrInvalidTxn), and two answers for one key must apply in order, the
+// second comparing against what the first left.
 func (a *acker) take() []*casReq {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -120,10 +124,15 @@ func (a *acker) take() []*casReq {
 	}
 	maxOps, maxBytes := a.b.MaxTxnOps(), a.b.MaxTxnBytes()
 	n, size := 0, 0
+	keys := make(map[string]struct{}, len(a.queue))
 	for _, r := range a.queue {
 		if r.alone && n > 0 {
 			break
 		}
+		if _, dup := keys[r.key]; dup {
+			break
+		}
+		keys[r.key] = struct{}{}
 		s := casBytes(r)
 		if n > 0 && (n+1 > maxOps || size+s > maxBytes) {
 			break

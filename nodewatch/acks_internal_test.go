@@ -238,3 +238,46 @@ func TestAckerUnknownOutcomeToAll(t *testing.T) {
 		t.Fatalf("after the failure: %+v, want applied", out[0])
 	}
 }
+
+// Two answers for one key queued together are not one txn: a store refuses
+// a txn that writes a key twice (etcd: "duplicate key given in txn
+// request", memkv and raftkv: kv.ErrInvalidTxn), which would fail every
+// caller of the batch, and the retries, queued together again, forever.
+// They go in order, each with the outcome its own txn would have had: the
+// first lands, the second (over the same revision) is refused and sees
+// the first; the other key of the burst is not held up.
+func TestAckerSameKeyTwice(t *testing.T) {
+	store := memkv.New()
+	t.Cleanup(func() { _ = store.Close() })
+	resp, err := store.Txn(t.Context(), kv.Txn{Then: []kv.Op{kv.OpPut("channel/1/a", []byte("assigned")), kv.OpPut("channel/1/b", []byte("assigned"))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := resp.Revision
+	out := queueAll(t, store, []ackCase{
+		{key: "channel/1/a", last: rev, val: "progress"},
+		{key: "channel/1/b", last: rev, val: "watched"},
+		{key: "channel/1/a", last: rev, val: "watched"},
+	})
+	var landed, refused []int
+	for _, i := range []int{0, 2} {
+		switch r := out[i]; {
+		case r.err != nil:
+			t.Fatalf("case %d: %v, want an answer", i, r.err)
+		case r.ok:
+			landed = append(landed, i)
+		default:
+			refused = append(refused, i)
+		}
+	}
+	if len(landed) != 1 || len(refused) != 1 {
+		t.Fatalf("same-key answers: landed %v, refused %v, want one each", landed, refused)
+	}
+	cur := out[refused[0]].cur
+	if cur == nil || cur.ModRevision != out[landed[0]].rev {
+		t.Fatalf("refused answer saw %+v, want the key at revision %d", cur, out[landed[0]].rev)
+	}
+	if r := out[1]; !r.ok || r.err != nil {
+		t.Fatalf("other key: %+v, want applied", r)
+	}
+}
