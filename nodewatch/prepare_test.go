@@ -180,3 +180,35 @@ func TestWatchCancelsRunningPrepare(t *testing.T) {
 	e, ph, id := preparing(t, "dml_0")
 	e.takeOver(ph, id, "dml_0")
 }
+
+// A preparation whose request is withdrawn in the txn that assigns the
+// channel is the Watch's to take over; when no Watch follows (here: the
+// channel's Release from an earlier assignment fails again, so the node
+// answers WatchFailure without calling Watch) it must still be
+// Unprepared. It was not: the preparation, skipped as "assigned", was
+// never Unprepared, not even when the node stopped.
+func TestPreparationNotWatchedIsUnprepared(t *testing.T) {
+	e, ph := newPrepEnv(t)
+	e.h.release = func(context.Context, string) error { return errors.New("flush failed") }
+	id := e.start()
+	e.assign(id, "dml_0")
+	e.waitState(id, "dml_0", meta.Watched)
+	e.del(id, "dml_0") // Release fails: the handler still holds the channel
+	eventually(t, func() bool { return e.h.released("dml_0") == 1 }, waitFor, "Release(dml_0) once")
+	e.putPrepare(id, "dml_0")
+	e.waitPrepare(id, "dml_0", meta.Prepared)
+	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "dml_0", CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
+	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, "dml_0")), kv.OpPut(meta.ChannelKey(id, "dml_0"), val)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, "dml_0", meta.WatchFailure)
+	if n := len(e.h.watches("dml_0")); n != 1 {
+		t.Fatalf("Watch(dml_0) called %d times, want once (not while the handler still holds it)", n)
+	}
+	eventually(t, func() bool { return slices.Equal(ph.unprepares(), []string{"dml_0"}) }, waitFor,
+		"Unprepare(dml_0) once: no Watch took the preparation over (unprepared %v)", ph.unprepares())
+	e.stop()
+	if u := ph.unprepares(); !slices.Equal(u, []string{"dml_0"}) {
+		t.Fatalf("Unprepare calls %v after stop, want one", u)
+	}
+}

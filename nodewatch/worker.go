@@ -135,6 +135,9 @@ func (inc *incarnation) handle(c *channel, e event) {
 
 // watch runs Handler.Watch for a ToWatch assignment and acknowledges it.
 func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
+	// A preparation of the channel ends before anything else: Watch takes
+	// it over, or, when no Watch follows, it is unprepared here.
+	prepared := inc.handOver(c.name)
 	if c.held {
 		if err := inc.releaseLocal(c, "reassigned", nil); err != nil {
 			// The handler still holds the channel from an earlier
@@ -142,6 +145,9 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			// Report the failure; the coordinator places it elsewhere, and
 			// the next assignment retries the Release first.
 			log.Warn("not starting channel: its earlier Release failed again", zap.Error(err))
+			if prepared {
+				inc.unprepare(c.name, log)
+			}
 			ack := e.info
 			ack.State, ack.FailedNode = meta.WatchFailure, inc.id
 			ack.LastError = meta.TruncateError("an earlier Release of this channel failed and must succeed before it can be watched again: " + err.Error())
@@ -150,8 +156,6 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			return
 		}
 	}
-	// A preparation of the channel ends before its Watch starts.
-	inc.handOver(c.name)
 	actx, cancel := context.WithCancel(inc.ctx)
 	defer func() {
 		// The assignment's ctx outlives this call when Watch succeeded; it
@@ -180,6 +184,9 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		c.held, c.cancel = false, nil
 		inc.mu.Unlock()
 		log.Warn("not starting channel: the node's session is past its fence deadline (was this process paused?)")
+		if prepared {
+			inc.unprepare(c.name, log)
+		}
 		return
 	}
 	log.Debug("watching channel")
