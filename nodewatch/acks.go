@@ -57,11 +57,11 @@ func newAcker(b kv.Backend) *acker {
 }
 
 // cas queues If(ModRevision(key)==last) Then(Put(key, val)) Else(Get(key))
-// and waits for its outcome, or for ctx. A caller that leaves early may
+// (in a txn of its own when alone) and waits for its outcome, or for ctx. A caller that leaves early may
 // still have its write sent; callers pass the incarnation's ctx, whose end
 // ends run too, so nothing is written after it.
-func (a *acker) cas(ctx context.Context, key string, last int64, val []byte) casResult {
-	r := &casReq{key: key, last: last, val: val, res: make(chan casResult, 1)}
+func (a *acker) cas(ctx context.Context, key string, last int64, val []byte, alone bool) casResult {
+	r := &casReq{key: key, last: last, val: val, alone: alone, res: make(chan casResult, 1)}
 	a.mu.Lock()
 	if a.closed != nil {
 		err := a.closed
@@ -177,7 +177,12 @@ func (a *acker) send(ctx context.Context, batch []*casReq) {
 			r.res <- casResult{ok: true, rev: resp.Revision}
 		}
 		return
-	case errors.Is(err, kv.ErrTxnTooLarge) && len(batch) > 1:
+	case errors.Is(err, kv.ErrTxnTooLarge) && len(batch) > 1 && !errors.Is(err, kv.ErrUnknownOutcome):
+		// Refused, not applied: send each alone. (Too large with an
+		// unknown outcome may have landed: resent, each single txn would
+		// be refused over the batch's own write. It goes to the callers,
+		// as any unknown outcome; each reads its key back and, if the
+		// batch did not land, sends its answer again alone.)
 		for _, r := range batch {
 			r.alone = true
 		}

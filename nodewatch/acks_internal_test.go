@@ -46,7 +46,7 @@ func queueAllOn(t *testing.T, store *memkv.KV, b kv.Backend, cases []ackCase) []
 	done := make(chan int, len(cases))
 	for i, c := range cases {
 		go func() {
-			out[i] = a.cas(ctx, c.key, c.last, []byte(c.val))
+			out[i] = a.cas(ctx, c.key, c.last, []byte(c.val), false)
 			done <- i
 		}()
 	}
@@ -279,5 +279,44 @@ func TestAckerSameKeyTwice(t *testing.T) {
 	}
 	if r := out[1]; !r.ok || r.err != nil {
 		t.Fatalf("other key: %+v, want applied", r)
+	}
+}
+
+// appliedTooLarge applies its next txn, then reports it refused as too
+// large with an unknown outcome: what etcdkv returns when this client
+// refuses the response of a txn the server applied ("received message
+// larger than max").
+type appliedTooLarge struct {
+	*memkv.KV
+	left int
+}
+
+func (a *appliedTooLarge) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	resp, err := a.KV.Txn(ctx, t)
+	if err == nil && a.left > 0 {
+		a.left--
+		return kv.TxnResponse{}, fmt.Errorf("%w (%w): received message larger than max", kv.ErrTxnTooLarge, kv.ErrUnknownOutcome)
+	}
+	return resp, err
+}
+
+// A batch refused as too large with an unknown outcome may have landed: it
+// is not split and resent (each single txn would then be refused over the
+// batch's own write, and its caller told the coordinator moved on, so a
+// Watched ack would release a channel its key says runs); every caller
+// gets the unknown outcome, to read its own key back.
+func TestAckerTooLargeUnknownNotResent(t *testing.T) {
+	store := memkv.New()
+	t.Cleanup(func() { _ = store.Close() })
+	b := &appliedTooLarge{KV: store, left: 1}
+	cases := []ackCase{{key: "channel/1/a", val: "watched"}, {key: "channel/1/b", val: "watched"}}
+	out := queueAllOn(t, store, b, cases)
+	for i, r := range out {
+		if !r.ok && r.err == nil {
+			t.Fatalf("case %d: refused (key now %q) although the batch's write landed: want the unknown outcome", i, r.cur.Value)
+		}
+		if r.err != nil && !errors.Is(r.err, kv.ErrUnknownOutcome) {
+			t.Fatalf("case %d: %v, want the unknown outcome", i, r.err)
+		}
 	}
 }

@@ -442,8 +442,9 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 	if err != nil {
 		return false, 0, nil, err
 	}
+	alone := false
 	for {
-		res := inc.acks.cas(ctx, key, last, val)
+		res := inc.acks.cas(ctx, key, last, val, alone)
 		err := res.err
 		if errors.Is(err, kv.ErrUnknownOutcome) {
 			cur, rerr := inc.readBack(ctx, key)
@@ -454,8 +455,15 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 				return false, 0, nil, nil // deleted: the coordinator moved on
 			case bytes.Equal(cur.Value, val):
 				return true, cur.ModRevision, nil, nil
+			case cur.ModRevision == last && errors.Is(err, kv.ErrTxnTooLarge) && alone:
+				// Not applied, and too large even alone: the caller
+				// decides (cas drops the error text, or gives up).
+				return false, 0, nil, fmt.Errorf("%w (not applied)", kv.ErrTxnTooLarge)
 			case cur.ModRevision == last:
-				continue // not applied: send it again
+				// Not applied: send it again, alone if its batch was too
+				// large.
+				alone = alone || errors.Is(err, kv.ErrTxnTooLarge)
+				continue
 			}
 			return false, cur.ModRevision, cur, nil
 		}
