@@ -24,7 +24,9 @@ import (
 // applied at a revision, refused with the key's current value (nil when
 // deleted), or an error; an unknown outcome (kv.ErrUnknownOutcome) goes to
 // every caller of the batch, each resolving it by reading its own key back.
-// A batch the store refuses as too large is split into single txns.
+// A batch the store refuses as too large is split into single txns (one
+// too large with an unknown outcome may have landed: that is an unknown
+// outcome, as above). Two answers for one key never share a txn.
 type acker struct {
 	b    kv.Backend
 	wake chan struct{}
