@@ -163,7 +163,8 @@ func (inc *incarnation) prepare(e *prepEntry, prev *prepEntry, info meta.Channel
 	}
 	log := inc.log.With(zap.String("channel", e.name), zap.Int64("prepare_revision", rev))
 	h := inc.n.preparer()
-	if e.ctx.Err() == nil {
+	ran := e.ctx.Err() == nil
+	if ran {
 		log.Debug("preparing channel")
 		c := &channel{name: e.name, key: e.key}
 		last, cur := rev, info
@@ -185,6 +186,12 @@ func (inc *incarnation) prepare(e *prepEntry, prev *prepEntry, info meta.Channel
 		}
 	}
 	<-e.ctx.Done()
+	if !ran {
+		// Withdrawn before Prepare started (it waited for the channel's
+		// previous preparation): nothing to hand over or unprepare.
+		log.Debug("prepare request withdrawn before Prepare started")
+		return
+	}
 	inc.mu.Lock()
 	handed := e.handed
 	e.kept = handed

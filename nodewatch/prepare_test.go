@@ -212,3 +212,52 @@ func TestPreparationNotWatchedIsUnprepared(t *testing.T) {
 		t.Fatalf("Unprepare calls %v after stop, want one", u)
 	}
 }
+
+// A request withdrawn before its Prepare could start (it waited for the
+// channel's previous preparation to end) has nothing to unprepare: one
+// Prepare, one Unprepare.
+func TestRequestWithdrawnBeforePrepareNotUnprepared(t *testing.T) {
+	e, ph := newPrepEnv(t)
+	gate := make(chan struct{})
+	started := make(chan struct{}, 2)
+	ph.prepare = func(ctx context.Context, _ meta.ChannelInfo) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		<-gate // returns late, as the node allows
+		return ctx.Err()
+	}
+	id := e.start()
+	e.putPrepare(id, "dml_0")
+	<-started
+	key := meta.PrepareKey(id, "dml_0")
+	if _, _, err := kv.Delete(e.ctx(), e.store, key); err != nil {
+		t.Fatal(err)
+	}
+	e.putPrepare(id, "dml_0") // waits for the first preparation to end
+	if _, _, err := kv.Delete(e.ctx(), e.store, key); err != nil {
+		t.Fatal(err)
+	}
+	e.putPrepare(id, "unrelated") // its Prepare starting shows both events above were seen
+	<-started
+	close(gate)
+	eventually(t, func() bool { return len(ph.unprepares()) >= 1 }, waitFor, "an Unprepare")
+	e.stop()
+	ph.pmu.Lock()
+	defer ph.pmu.Unlock()
+	var prepared []string
+	for _, p := range ph.prepared {
+		prepared = append(prepared, p.Name)
+	}
+	count := func(names []string) int {
+		n := 0
+		for _, name := range names {
+			if name == "dml_0" {
+				n++
+			}
+		}
+		return n
+	}
+	if count(ph.unprepared) != 1 || count(prepared) != 1 {
+		t.Fatalf("prepared %v, unprepared %v: want dml_0 prepared once and unprepared once", prepared, ph.unprepared)
+	}
+}
