@@ -433,8 +433,9 @@ func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, inf
 // back until ctx ends: our value in place means the write landed (at the
 // key's mod revision, which the caller records as seen, so that the event
 // of our own write is not taken for the coordinator's); the key still at
-// last means it did not land, and the txn is sent again; anything else
-// means the coordinator moved on. Every value a node writes differs from
+// last means it did not land yet, and the txn is sent again (refused then
+// over our own value, the earlier attempt landed late: applied); anything
+// else means the coordinator moved on. Every value a node writes differs from
 // the one it replaces (a new state, or a higher Progress), so a byte-equal
 // value is ours.
 func (inc *incarnation) casRead(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, *kv.KeyValue, error) {
@@ -442,11 +443,12 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 	if err != nil {
 		return false, 0, nil, err
 	}
-	alone := false
+	alone, unknown := false, false
 	for {
 		res := inc.acks.cas(ctx, key, last, val, alone)
 		err := res.err
 		if errors.Is(err, kv.ErrUnknownOutcome) {
+			unknown = true
 			cur, rerr := inc.readBack(ctx, key)
 			switch {
 			case rerr != nil:
@@ -469,6 +471,12 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 		}
 		if err != nil {
 			return false, 0, nil, err
+		}
+		if !res.ok && unknown && res.cur != nil && bytes.Equal(res.cur.Value, val) {
+			// Refused over our own value: the attempt whose outcome was
+			// unknown landed after we read the key back (a request can
+			// still apply after its client gave up on it).
+			return true, res.cur.ModRevision, nil, nil
 		}
 		return res.ok, res.rev, res.cur, nil
 	}
