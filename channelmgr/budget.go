@@ -177,10 +177,20 @@ func (r *reconciler) planned(u *unit, ch string, from int64) *unit {
 // warm when some serving node can prepare: its destination is chosen after
 // the walk (startWarmDrains).
 func (r *reconciler) drainMove(p *plan, k *keyEntry, reg *regEntry, warm bool, now time.Time) {
+	warm = warm && reg != nil && !reg.corrupt && r.ch(k.ch).prepFails == 0 && r.anyPreparer(p)
+	if warm && len(r.v.prepares[k.ch]) > 0 {
+		// A running channel reaches its drain with prepare keys only when
+		// this pass withdraws them all (decideChannel stops at a request
+		// the move keeps). A new request in the same txn may be the same
+		// key (the policy picks the same node), and a txn that deletes and
+		// puts one key is refused by every backend, every pass: the drain
+		// would never start. Wait for the withdrawal to land.
+		return
+	}
 	if !r.mayMove(p, k.node, 0, now) {
 		return
 	}
-	if warm && reg != nil && !reg.corrupt && r.ch(k.ch).prepFails == 0 && r.anyPreparer(p) {
+	if warm {
 		p.warmDrains = append(p.warmDrains, placement{ch: k.ch, reg: reg, src: k})
 		return
 	}

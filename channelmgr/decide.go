@@ -53,11 +53,18 @@ type eviction struct {
 }
 
 // add merges u into the channel's unit: all ops of one channel go in one txn.
+// A txn may write a key only once (every backend refuses one that writes
+// it twice, and the next pass would decide and be refused the same): u
+// when it writes a key the channel's unit already writes is left for the
+// next pass, which decides again on a view with the earlier write.
 func (p *plan) add(u *unit) {
 	if u == nil {
 		return
 	}
 	if prev := p.byCh[u.ch]; prev != nil {
+		if writesAny(prev.ops, u.ops) {
+			return
+		}
 		prev.cmps = append(prev.cmps, u.cmps...)
 		prev.ops = append(prev.ops, u.ops...)
 		prev.done = append(prev.done, u.done...)
@@ -65,6 +72,21 @@ func (p *plan) add(u *unit) {
 	}
 	p.byCh[u.ch] = u
 	p.units = append(p.units, u)
+}
+
+// writesAny reports whether an op of b writes a key an op of a writes.
+func writesAny(a, b []kv.Op) bool {
+	for _, x := range b {
+		if !x.IsWrite() {
+			continue
+		}
+		for _, y := range a {
+			if y.IsWrite() && y.Key == x.Key {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // pass makes one round of decisions on the view and carries them out.

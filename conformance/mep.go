@@ -87,6 +87,7 @@ var mepScenarios = []mepScenario{
 	{"PrepareMoveLimit", mepPrepareMoveLimit},
 	{"PrepareOnDrain", mepPrepareOnDrain},
 	{"PrepareFailsOnDrain", mepPrepareFailsOnDrain},
+	{"CorruptRequestOnDrain", mepCorruptRequestOnDrain},
 	{"RandomizedChurn", mepRandomizedChurn},
 }
 

@@ -585,3 +585,38 @@ func mepPrepareFailsOnDrain(t *testing.T, m *mep) {
 		}
 	}
 }
+
+// mepCorruptRequestOnDrain: a leader finds a drained node's running
+// channel with a prepare request on the drain's only preparing destination
+// that it must withdraw (here a corrupt one, left while no coordinator
+// led). Withdrawing that request and asking the same node to prepare again
+// would write one key twice in one txn, which every backend refuses (etcd:
+// "duplicate key given in txn request") every pass: the drain must still
+// complete, and no prepare key stay behind.
+func mepCorruptRequestOnDrain(t *testing.T, m *mep) {
+	w := &warm{a: m.startNode()}
+	w.coord = m.leaderCoord()
+	w.chs = names("warmbad", 2)
+	m.register(1, w.chs...)
+	m.settle()
+	if err := channelmgr.PauseBalance(m.ctx, m.b); err != nil {
+		m.fatalf("PauseBalance: %v", err)
+	}
+	w.b = m.startNode(withPreparer(nil))
+	m.sync()
+	m.crashCoord(w.coord)
+	put(t, m.ctx, m.b, meta.PrepareKey(w.b.ID(), w.chs[0]), "{not json")
+	m.mark(w)
+	if err := session.Drain(m.ctx, m.b, w.a.ID()); err != nil {
+		m.fatalf("Drain(%s): %v", w.a.name, err)
+	}
+	w.coord = m.startCoord()
+	m.waitLeader(w.coord)
+	m.waitFor(w.a.name+" to be drained onto "+w.b.name, func() string {
+		if on := m.channelsOn(w.b.ID()); len(on) != len(w.chs) {
+			return fmt.Sprintf("%s holds %v; prepare keys %v", w.b.name, on, m.chk.View().Prepare)
+		}
+		return m.unsettled()
+	})
+	m.requireNoPrepareKeys()
+}

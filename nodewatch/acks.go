@@ -24,7 +24,9 @@ import (
 // applied at a revision, refused with the key's current value (nil when
 // deleted), or an error; an unknown outcome (kv.ErrUnknownOutcome) goes to
 // every caller of the batch, each resolving it by reading its own key back.
-// A batch the store refuses as too large is split into single txns.
+// A batch the store refuses as too large is split into single txns (one
+// too large with an unknown outcome may have landed: that is an unknown
+// outcome, as above). Two answers for one key never share a txn.
 type acker struct {
 	b    kv.Backend
 	wake chan struct{}
@@ -57,11 +59,11 @@ func newAcker(b kv.Backend) *acker {
 }
 
 // cas queues If(ModRevision(key)==last) Then(Put(key, val)) Else(Get(key))
-// and waits for its outcome, or for ctx. A caller that leaves early may
+// (in a txn of its own when alone) and waits for its outcome, or for ctx. A caller that leaves early may
 // still have its write sent; callers pass the incarnation's ctx, whose end
 // ends run too, so nothing is written after it.
-func (a *acker) cas(ctx context.Context, key string, last int64, val []byte) casResult {
-	r := &casReq{key: key, last: last, val: val, res: make(chan casResult, 1)}
+func (a *acker) cas(ctx context.Context, key string, last int64, val []byte, alone bool) casResult {
+	r := &casReq{key: key, last: last, val: val, alone: alone, res: make(chan casResult, 1)}
 	a.mu.Lock()
 	if a.closed != nil {
 		err := a.closed
@@ -111,7 +113,11 @@ func (a *acker) run(ctx context.Context) {
 }
 
 // take dequeues the longest prefix of the queue that fits one txn (at least
-// one request; a request marked alone goes by itself).
+// one request; a request marked alone goes by itself). The prefix ends
+// before a second request for a key already in it: a txn may write a key
+// only once (etcd refuses it as a duplicate key, the other backends with
+// kv.ErrInvalidTxn), and two answers for one key must apply in order, the
+// second comparing against what the first left.
 func (a *acker) take() []*casReq {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -120,10 +126,15 @@ func (a *acker) take() []*casReq {
 	}
 	maxOps, maxBytes := a.b.MaxTxnOps(), a.b.MaxTxnBytes()
 	n, size := 0, 0
+	keys := make(map[string]struct{}, len(a.queue))
 	for _, r := range a.queue {
 		if r.alone && n > 0 {
 			break
 		}
+		if _, dup := keys[r.key]; dup {
+			break
+		}
+		keys[r.key] = struct{}{}
 		s := casBytes(r)
 		if n > 0 && (n+1 > maxOps || size+s > maxBytes) {
 			break
@@ -168,7 +179,12 @@ func (a *acker) send(ctx context.Context, batch []*casReq) {
 			r.res <- casResult{ok: true, rev: resp.Revision}
 		}
 		return
-	case errors.Is(err, kv.ErrTxnTooLarge) && len(batch) > 1:
+	case errors.Is(err, kv.ErrTxnTooLarge) && len(batch) > 1 && !errors.Is(err, kv.ErrUnknownOutcome):
+		// Refused, not applied: send each alone. (Too large with an
+		// unknown outcome may have landed: resent, each single txn would
+		// be refused over the batch's own write. It goes to the callers,
+		// as any unknown outcome; each reads its key back and, if the
+		// batch did not land, sends its answer again alone.)
 		for _, r := range batch {
 			r.alone = true
 		}

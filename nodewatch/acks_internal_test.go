@@ -46,7 +46,7 @@ func queueAllOn(t *testing.T, store *memkv.KV, b kv.Backend, cases []ackCase) []
 	done := make(chan int, len(cases))
 	for i, c := range cases {
 		go func() {
-			out[i] = a.cas(ctx, c.key, c.last, []byte(c.val))
+			out[i] = a.cas(ctx, c.key, c.last, []byte(c.val), false)
 			done <- i
 		}()
 	}
@@ -236,5 +236,87 @@ func TestAckerUnknownOutcomeToAll(t *testing.T) {
 	out = queueAll(t, store, []ackCase{{key: "channel/1/c", val: "z"}})
 	if !out[0].ok {
 		t.Fatalf("after the failure: %+v, want applied", out[0])
+	}
+}
+
+// Two answers for one key queued together are not one txn: a store refuses
+// a txn that writes a key twice (etcd: "duplicate key given in txn
+// request", memkv and raftkv: kv.ErrInvalidTxn), which would fail every
+// caller of the batch, and the retries, queued together again, forever.
+// They go in order, each with the outcome its own txn would have had: the
+// first lands, the second (over the same revision) is refused and sees
+// the first; the other key of the burst is not held up.
+func TestAckerSameKeyTwice(t *testing.T) {
+	store := memkv.New()
+	t.Cleanup(func() { _ = store.Close() })
+	resp, err := store.Txn(t.Context(), kv.Txn{Then: []kv.Op{kv.OpPut("channel/1/a", []byte("assigned")), kv.OpPut("channel/1/b", []byte("assigned"))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := resp.Revision
+	out := queueAll(t, store, []ackCase{
+		{key: "channel/1/a", last: rev, val: "progress"},
+		{key: "channel/1/b", last: rev, val: "watched"},
+		{key: "channel/1/a", last: rev, val: "watched"},
+	})
+	var landed, refused []int
+	for _, i := range []int{0, 2} {
+		switch r := out[i]; {
+		case r.err != nil:
+			t.Fatalf("case %d: %v, want an answer", i, r.err)
+		case r.ok:
+			landed = append(landed, i)
+		default:
+			refused = append(refused, i)
+		}
+	}
+	if len(landed) != 1 || len(refused) != 1 {
+		t.Fatalf("same-key answers: landed %v, refused %v, want one each", landed, refused)
+	}
+	cur := out[refused[0]].cur
+	if cur == nil || cur.ModRevision != out[landed[0]].rev {
+		t.Fatalf("refused answer saw %+v, want the key at revision %d", cur, out[landed[0]].rev)
+	}
+	if r := out[1]; !r.ok || r.err != nil {
+		t.Fatalf("other key: %+v, want applied", r)
+	}
+}
+
+// appliedTooLarge applies its next txn, then reports it refused as too
+// large with an unknown outcome: what etcdkv returns when this client
+// refuses the response of a txn the server applied ("received message
+// larger than max").
+type appliedTooLarge struct {
+	*memkv.KV
+	left int
+}
+
+func (a *appliedTooLarge) Txn(ctx context.Context, t kv.Txn) (kv.TxnResponse, error) {
+	resp, err := a.KV.Txn(ctx, t)
+	if err == nil && a.left > 0 {
+		a.left--
+		return kv.TxnResponse{}, fmt.Errorf("%w (%w): received message larger than max", kv.ErrTxnTooLarge, kv.ErrUnknownOutcome)
+	}
+	return resp, err
+}
+
+// A batch refused as too large with an unknown outcome may have landed: it
+// is not split and resent (each single txn would then be refused over the
+// batch's own write, and its caller told the coordinator moved on, so a
+// Watched ack would release a channel its key says runs); every caller
+// gets the unknown outcome, to read its own key back.
+func TestAckerTooLargeUnknownNotResent(t *testing.T) {
+	store := memkv.New()
+	t.Cleanup(func() { _ = store.Close() })
+	b := &appliedTooLarge{KV: store, left: 1}
+	cases := []ackCase{{key: "channel/1/a", val: "watched"}, {key: "channel/1/b", val: "watched"}}
+	out := queueAllOn(t, store, b, cases)
+	for i, r := range out {
+		if !r.ok && r.err == nil {
+			t.Fatalf("case %d: refused (key now %q) although the batch's write landed: want the unknown outcome", i, r.cur.Value)
+		}
+		if r.err != nil && !errors.Is(r.err, kv.ErrUnknownOutcome) {
+			t.Fatalf("case %d: %v, want the unknown outcome", i, r.err)
+		}
 	}
 }

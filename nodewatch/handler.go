@@ -123,9 +123,12 @@ type Handler interface {
 //     rely on Prepare having completed, only use what it finds.
 //   - Unprepare(ctx, channel) frees what Prepare built when the
 //     preparation will not be used: called once after every Prepare whose
-//     request ended without this node being assigned the channel, after
-//     Prepare returned. It is not called when a Watch of the channel takes
-//     the preparation over (Watch, then Release, own it from then on).
+//     request ended without a Watch of the channel taking the preparation
+//     over, after Prepare returned (also when the channel was assigned to
+//     this node but its Watch was not called: an earlier Release of it
+//     failed again, or the session was past its fence deadline). It is not
+//     called when a Watch of the channel takes the preparation over (Watch,
+//     then Release, own it from then on).
 //     Unprepare is also called when the node's session ends or the node
 //     stops while a preparation is held. Its ctx is not cancelled; its
 //     error is logged only.

@@ -3,6 +3,8 @@ package nodewatch
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/chanwatch/chanwatch/kv"
@@ -26,7 +28,8 @@ type prepEntry struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	done      chan struct{} // closed once Prepare (and Unprepare, if due) returned
-	handed    bool          // a Watch of the channel took the preparation over
+	handed    bool          // a Watch of the channel is about to take the preparation over
+	kept      bool          // the preparation ended handed over, not Unprepared
 }
 
 // preparer returns the handler's Preparer, or nil.
@@ -160,7 +163,8 @@ func (inc *incarnation) prepare(e *prepEntry, prev *prepEntry, info meta.Channel
 	}
 	log := inc.log.With(zap.String("channel", e.name), zap.Int64("prepare_revision", rev))
 	h := inc.n.preparer()
-	if e.ctx.Err() == nil {
+	ran := e.ctx.Err() == nil
+	if ran {
 		log.Debug("preparing channel")
 		c := &channel{name: e.name, key: e.key}
 		last, cur := rev, info
@@ -182,18 +186,54 @@ func (inc *incarnation) prepare(e *prepEntry, prev *prepEntry, info meta.Channel
 		}
 	}
 	<-e.ctx.Done()
+	if !ran {
+		// Withdrawn before Prepare started (it waited for the channel's
+		// previous preparation): nothing to hand over or unprepare.
+		log.Debug("prepare request withdrawn before Prepare started")
+		return
+	}
 	inc.mu.Lock()
 	handed := e.handed
+	e.kept = handed
 	inc.mu.Unlock()
-	if handed || inc.assigned(e.name) {
+	if handed {
 		log.Debug("preparation taken over by the channel's Watch")
 		return
 	}
+	if inc.assigned(e.name) {
+		// The request went in the txn that assigned the channel here: the
+		// preparation is the assignment's now. Its Watch takes it over
+		// (handOver); if no Watch follows, the channel's worker or the
+		// incarnation's end unprepares it.
+		inc.mu.Lock()
+		inc.deferred[e.name] = true
+		inc.mu.Unlock()
+		log.Debug("preparation left to the channel's assignment")
+		return
+	}
+	inc.unprepare(e.name, log)
+}
+
+// unprepare calls Handler.Unprepare for channel name.
+func (inc *incarnation) unprepare(name string, log *zap.Logger) {
+	h := inc.n.preparer()
 	uctx := context.WithValue(inc.relCtx, callKey{}, callInfo{node: inc.id})
-	if err := inc.call("Unprepare", e.name, func() error { return h.Unprepare(uctx, e.name) }); err != nil {
+	if err := inc.call("Unprepare", name, func() error { return h.Unprepare(uctx, name) }); err != nil {
 		log.Warn("unprepare failed", zap.Error(err))
 	} else {
 		log.Debug("preparation dropped")
+	}
+}
+
+// unprepareLeft unprepares the preparations left to assignments that no
+// Watch took over; the incarnation's end calls it, after every worker.
+func (inc *incarnation) unprepareLeft() {
+	inc.mu.Lock()
+	left := slices.Sorted(maps.Keys(inc.deferred))
+	clear(inc.deferred)
+	inc.mu.Unlock()
+	for _, name := range left {
+		inc.unprepare(name, inc.log.With(zap.String("channel", name)))
 	}
 }
 
@@ -216,9 +256,12 @@ func (inc *incarnation) assigned(name string) bool {
 	return err == nil && cur != nil && cur.CreateRevision >= inc.node.CreateRevision()
 }
 
-// handOver ends a preparation of channel name before its Watch starts: it
-// cancels Prepare, waits for it, and marks it taken over (no Unprepare).
-func (inc *incarnation) handOver(name string) {
+// handOver ends a preparation of channel name before its assignment is
+// acted on: it cancels Prepare, waits for it, and marks it taken over (no
+// Unprepare). It reports whether a preparation is held for the caller
+// (running, or left to the assignment): the caller's Watch takes it over,
+// or, when the caller does not call Watch, it must unprepare it.
+func (inc *incarnation) handOver(name string) bool {
 	inc.mu.Lock()
 	e := inc.preps[name]
 	if e != nil {
@@ -229,6 +272,11 @@ func (inc *incarnation) handOver(name string) {
 	if e != nil {
 		<-e.done
 	}
+	inc.mu.Lock()
+	defer inc.mu.Unlock()
+	held := inc.deferred[name] || (e != nil && e.kept)
+	delete(inc.deferred, name)
+	return held
 }
 
 // encodeFor encodes info as the value of key: a prepare value under

@@ -180,3 +180,84 @@ func TestWatchCancelsRunningPrepare(t *testing.T) {
 	e, ph, id := preparing(t, "dml_0")
 	e.takeOver(ph, id, "dml_0")
 }
+
+// A preparation whose request is withdrawn in the txn that assigns the
+// channel is the Watch's to take over; when no Watch follows (here: the
+// channel's Release from an earlier assignment fails again, so the node
+// answers WatchFailure without calling Watch) it must still be
+// Unprepared. It was not: the preparation, skipped as "assigned", was
+// never Unprepared, not even when the node stopped.
+func TestPreparationNotWatchedIsUnprepared(t *testing.T) {
+	e, ph := newPrepEnv(t)
+	e.h.release = func(context.Context, string) error { return errors.New("flush failed") }
+	id := e.start()
+	e.assign(id, "dml_0")
+	e.waitState(id, "dml_0", meta.Watched)
+	e.del(id, "dml_0") // Release fails: the handler still holds the channel
+	eventually(t, func() bool { return e.h.released("dml_0") == 1 }, waitFor, "Release(dml_0) once")
+	e.putPrepare(id, "dml_0")
+	e.waitPrepare(id, "dml_0", meta.Prepared)
+	val, _ := meta.EncodeChannelInfo(meta.ChannelInfo{Name: "dml_0", CollectionID: 100, State: meta.ToWatch, StartTime: e.clock.Now()})
+	if _, err := e.store.Txn(e.ctx(), kv.Txn{Then: []kv.Op{kv.OpDelete(meta.PrepareKey(id, "dml_0")), kv.OpPut(meta.ChannelKey(id, "dml_0"), val)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, "dml_0", meta.WatchFailure)
+	if n := len(e.h.watches("dml_0")); n != 1 {
+		t.Fatalf("Watch(dml_0) called %d times, want once (not while the handler still holds it)", n)
+	}
+	eventually(t, func() bool { return slices.Equal(ph.unprepares(), []string{"dml_0"}) }, waitFor,
+		"Unprepare(dml_0) once: no Watch took the preparation over (unprepared %v)", ph.unprepares())
+	e.stop()
+	if u := ph.unprepares(); !slices.Equal(u, []string{"dml_0"}) {
+		t.Fatalf("Unprepare calls %v after stop, want one", u)
+	}
+}
+
+// A request withdrawn before its Prepare could start (it waited for the
+// channel's previous preparation to end) has nothing to unprepare: one
+// Prepare, one Unprepare.
+func TestRequestWithdrawnBeforePrepareNotUnprepared(t *testing.T) {
+	e, ph := newPrepEnv(t)
+	gate := make(chan struct{})
+	started := make(chan struct{}, 2)
+	ph.prepare = func(ctx context.Context, _ meta.ChannelInfo) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		<-gate // returns late, as the node allows
+		return ctx.Err()
+	}
+	id := e.start()
+	e.putPrepare(id, "dml_0")
+	<-started
+	key := meta.PrepareKey(id, "dml_0")
+	if _, _, err := kv.Delete(e.ctx(), e.store, key); err != nil {
+		t.Fatal(err)
+	}
+	e.putPrepare(id, "dml_0") // waits for the first preparation to end
+	if _, _, err := kv.Delete(e.ctx(), e.store, key); err != nil {
+		t.Fatal(err)
+	}
+	e.putPrepare(id, "unrelated") // its Prepare starting shows both events above were seen
+	<-started
+	close(gate)
+	eventually(t, func() bool { return len(ph.unprepares()) >= 1 }, waitFor, "an Unprepare")
+	e.stop()
+	ph.pmu.Lock()
+	defer ph.pmu.Unlock()
+	var prepared []string
+	for _, p := range ph.prepared {
+		prepared = append(prepared, p.Name)
+	}
+	count := func(names []string) int {
+		n := 0
+		for _, name := range names {
+			if name == "dml_0" {
+				n++
+			}
+		}
+		return n
+	}
+	if count(ph.unprepared) != 1 || count(prepared) != 1 {
+		t.Fatalf("prepared %v, unprepared %v: want dml_0 prepared once and unprepared once", prepared, ph.unprepared)
+	}
+}

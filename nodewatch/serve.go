@@ -47,6 +47,10 @@ type incarnation struct {
 	// pwg their goroutines and the prepare watch.
 	preps map[string]*prepEntry
 	pwg   sync.WaitGroup
+	// deferred are the preparations whose request was withdrawn in the
+	// txn that assigned the channel here: the assignment's Watch takes
+	// them over (handOver), or they are unprepared.
+	deferred map[string]bool
 }
 
 func newIncarnation(n *Node, sess *session.Session, node *session.Node) *incarnation {
@@ -59,6 +63,8 @@ func newIncarnation(n *Node, sess *session.Session, node *session.Node) *incarna
 		log:    n.log.With(zap.Int64("node", node.ID())),
 		chans:  make(map[string]*channel),
 		preps:  make(map[string]*prepEntry),
+
+		deferred: make(map[string]bool),
 	}
 }
 
@@ -282,4 +288,6 @@ func (inc *incarnation) shutdown() {
 	}
 	inc.mu.Unlock()
 	inc.wg.Wait()
+	// Preparations left to assignments that never reached Watch.
+	inc.unprepareLeft()
 }

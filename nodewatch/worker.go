@@ -135,6 +135,9 @@ func (inc *incarnation) handle(c *channel, e event) {
 
 // watch runs Handler.Watch for a ToWatch assignment and acknowledges it.
 func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
+	// A preparation of the channel ends before anything else: Watch takes
+	// it over, or, when no Watch follows, it is unprepared here.
+	prepared := inc.handOver(c.name)
 	if c.held {
 		if err := inc.releaseLocal(c, "reassigned", nil); err != nil {
 			// The handler still holds the channel from an earlier
@@ -142,6 +145,9 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			// Report the failure; the coordinator places it elsewhere, and
 			// the next assignment retries the Release first.
 			log.Warn("not starting channel: its earlier Release failed again", zap.Error(err))
+			if prepared {
+				inc.unprepare(c.name, log)
+			}
 			ack := e.info
 			ack.State, ack.FailedNode = meta.WatchFailure, inc.id
 			ack.LastError = meta.TruncateError("an earlier Release of this channel failed and must succeed before it can be watched again: " + err.Error())
@@ -150,8 +156,6 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 			return
 		}
 	}
-	// A preparation of the channel ends before its Watch starts.
-	inc.handOver(c.name)
 	actx, cancel := context.WithCancel(inc.ctx)
 	defer func() {
 		// The assignment's ctx outlives this call when Watch succeeded; it
@@ -180,6 +184,9 @@ func (inc *incarnation) watch(c *channel, e event, log *zap.Logger) {
 		c.held, c.cancel = false, nil
 		inc.mu.Unlock()
 		log.Warn("not starting channel: the node's session is past its fence deadline (was this process paused?)")
+		if prepared {
+			inc.unprepare(c.name, log)
+		}
 		return
 	}
 	log.Debug("watching channel")
@@ -426,8 +433,9 @@ func (inc *incarnation) casOnce(ctx context.Context, key string, last int64, inf
 // back until ctx ends: our value in place means the write landed (at the
 // key's mod revision, which the caller records as seen, so that the event
 // of our own write is not taken for the coordinator's); the key still at
-// last means it did not land, and the txn is sent again; anything else
-// means the coordinator moved on. Every value a node writes differs from
+// last means it did not land yet, and the txn is sent again (refused then
+// over our own value, the earlier attempt landed late: applied); anything
+// else means the coordinator moved on. Every value a node writes differs from
 // the one it replaces (a new state, or a higher Progress), so a byte-equal
 // value is ours.
 func (inc *incarnation) casRead(ctx context.Context, key string, last int64, info meta.ChannelInfo) (bool, int64, *kv.KeyValue, error) {
@@ -435,10 +443,12 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 	if err != nil {
 		return false, 0, nil, err
 	}
+	alone, unknown := false, false
 	for {
-		res := inc.acks.cas(ctx, key, last, val)
+		res := inc.acks.cas(ctx, key, last, val, alone)
 		err := res.err
 		if errors.Is(err, kv.ErrUnknownOutcome) {
+			unknown = true
 			cur, rerr := inc.readBack(ctx, key)
 			switch {
 			case rerr != nil:
@@ -447,13 +457,26 @@ func (inc *incarnation) casRead(ctx context.Context, key string, last int64, inf
 				return false, 0, nil, nil // deleted: the coordinator moved on
 			case bytes.Equal(cur.Value, val):
 				return true, cur.ModRevision, nil, nil
+			case cur.ModRevision == last && errors.Is(err, kv.ErrTxnTooLarge) && alone:
+				// Not applied, and too large even alone: the caller
+				// decides (cas drops the error text, or gives up).
+				return false, 0, nil, fmt.Errorf("%w (not applied)", kv.ErrTxnTooLarge)
 			case cur.ModRevision == last:
-				continue // not applied: send it again
+				// Not applied: send it again, alone if its batch was too
+				// large.
+				alone = alone || errors.Is(err, kv.ErrTxnTooLarge)
+				continue
 			}
 			return false, cur.ModRevision, cur, nil
 		}
 		if err != nil {
 			return false, 0, nil, err
+		}
+		if !res.ok && unknown && res.cur != nil && bytes.Equal(res.cur.Value, val) {
+			// Refused over our own value: the attempt whose outcome was
+			// unknown landed after we read the key back (a request can
+			// still apply after its client gave up on it).
+			return true, res.cur.ModRevision, nil, nil
 		}
 		return res.ok, res.rev, res.cur, nil
 	}
