@@ -30,8 +30,9 @@ type Coordinator struct {
 	running atomic.Bool
 
 	// onPass, when set (by tests), is called by the decision goroutine after
-	// each reconcile pass with the clock time the pass decided at.
-	onPass func(now time.Time)
+	// each reconcile pass with the clock time the pass decided at and the
+	// revision of the view it decided on.
+	onPass func(now time.Time, rev int64)
 }
 
 // New returns a Coordinator on b, which it does not close. Invalid options

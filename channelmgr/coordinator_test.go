@@ -203,9 +203,13 @@ func TestWatchTimeoutAndProgress(t *testing.T) {
 	h.register(1, "x")
 	h.eventually("x ToWatch", func() bool { return h.assignment("x").info.State == meta.ToWatch })
 	h.advance(20*time.Second, c)
-	n.bumpProgress("x") // re-arms the 30s timeout
+	bumped := n.bumpProgress("x") // re-arms the 30s timeout
+	// The timeout runs from when the coordinator folds the bump: wait for a
+	// pass over a view that holds it, before the clock moves. (Waiting for
+	// a pass at the current time alone let a loaded machine fold it steps
+	// later, moving the timeout past where the test looked for it.)
 	h.eventually("coordinator saw the bump", func() bool {
-		return c.lastPass.Load() >= h.clk.Now().UnixNano()
+		return c.lastRev.Load() >= bumped && c.lastPass.Load() >= h.clk.Now().UnixNano()
 	})
 	h.advance(20*time.Second, c)
 	if a := h.assignment("x"); a.info.State != meta.ToWatch || a.info.Attempts != 0 {

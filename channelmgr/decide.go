@@ -123,7 +123,7 @@ func (r *reconciler) pass(ctx context.Context) error {
 	}
 	r.forgetIdle()
 	if r.c.onPass != nil {
-		r.c.onPass(now)
+		r.c.onPass(now, r.v.rev)
 	}
 	return nil
 }

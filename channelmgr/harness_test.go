@@ -102,6 +102,7 @@ type coord struct {
 	cancel   context.CancelFunc
 	done     chan error
 	lastPass atomic.Int64 // clock time (UnixNano) of the last finished pass
+	lastRev  atomic.Int64 // the view's revision at that pass
 	b        kv.Backend
 }
 
@@ -124,7 +125,10 @@ func (h *harness) startCoord(b kv.Backend, opts ...Option) *coord {
 		h.t.Fatal(err)
 	}
 	rc := &coord{Coordinator: c, h: h, done: make(chan error, 1), b: b}
-	c.onPass = func(now time.Time) { rc.lastPass.Store(now.UnixNano()) }
+	c.onPass = func(now time.Time, rev int64) {
+		rc.lastRev.Store(rev)
+		rc.lastPass.Store(now.UnixNano())
+	}
 	ctx, cancel := context.WithCancel(h.ctx)
 	rc.cancel = cancel
 	go func() { rc.done <- c.Run(ctx) }()
@@ -538,7 +542,8 @@ func (n *fakeNode) handle(ctx context.Context, ev kv.Event) {
 
 // bumpProgress rewrites a ToWatch with Progress+1, as a node does while a
 // long Watch runs.
-func (n *fakeNode) bumpProgress(ch string) {
+// bumpProgress bumps ch's Progress and returns the revision of the write.
+func (n *fakeNode) bumpProgress(ch string) int64 {
 	n.h.t.Helper()
 	key := meta.ChannelKey(n.id, ch)
 	e, _, err := n.b.Get(n.h.ctx, key)
@@ -558,6 +563,7 @@ func (n *fakeNode) bumpProgress(ch string) {
 	if err != nil || !resp.Succeeded {
 		n.h.t.Fatalf("progress bump: %v %v", resp.Succeeded, err)
 	}
+	return resp.Revision
 }
 
 // events returns the events under prefix with revisions in (from, to].

@@ -2,10 +2,12 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,41 +42,65 @@ func freePort(t testing.TB) string {
 }
 
 // startRaft starts n nodes that bootstrap together, with loopback raft
-// timers, and waits until every node knows the leader.
+// timers, and waits until every node knows the leader. A port that another
+// process took between freePort and the node's listen (tests of other
+// packages run beside these) makes it start over on new ports.
 func startRaft(t testing.TB, n int, opts ...raftkv.Option) *raftCluster {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := tryStartRaft(t, n, opts...)
+		if err == nil {
+			t.Cleanup(c.close)
+			return c
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("raft cluster: %v; starting over on new ports", err)
+	}
+}
+
+// tryStartRaft is one attempt of startRaft; on an error it closes what it
+// started.
+func tryStartRaft(t testing.TB, n int, opts ...raftkv.Option) (_ *raftCluster, err error) {
 	c := &raftCluster{t: t, opts: append([]raftkv.Option{raftkv.WithRaftTimeouts(600*time.Millisecond, 600*time.Millisecond, 500*time.Millisecond)}, opts...)}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
 	dir := t.TempDir()
 	var peers []raftkv.Peer
 	for i := range n {
 		addr := freePort(t)
 		p, err := netproxy.New(addr)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		c.proxies = append(c.proxies, p)
 		id := fmt.Sprintf("r%d", i)
 		peers = append(peers, raftkv.Peer{ID: id, Addr: p.Addr()})
 		c.cfgs = append(c.cfgs, raftkv.Config{ID: id, Addr: addr, Advertise: p.Addr(), Dir: filepath.Join(dir, id), Bootstrap: true})
 	}
-	t.Cleanup(c.close)
 	for i := range c.cfgs {
 		c.cfgs[i].Peers = peers
 		node, err := raftkv.Open(c.cfgs[i], c.opts...)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
+		c.mu.Lock()
 		c.nodes = append(c.nodes, node)
 		c.alive = append(c.alive, true)
+		c.mu.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, node := range c.nodes {
 		if _, err := node.WaitLeader(ctx); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	return c
+	return c, nil
 }
 
 func (c *raftCluster) node(i int) *raftkv.Node {
