@@ -76,15 +76,22 @@ func (s State) ValidPrepare() bool { return s >= ToPrepare && s <= PrepareFailur
 
 // ParseState reads a state name, including Milvus's legacy names.
 func ParseState(name string) (State, error) {
-	for i := ToWatch; i <= PrepareFailure; i++ {
-		if stateNames[i] == name {
-			return i, nil
-		}
-	}
-	if s, ok := legacyStates[name]; ok {
+	if s, ok := stateByName(name); ok {
 		return s, nil
 	}
 	return Unknown, fmt.Errorf("%w: unknown state %q", ErrCorruptValue, name)
+}
+
+// stateByName is ParseState without the error (name does not escape, so a
+// caller's string(bytes) needs no allocation).
+func stateByName(name string) (State, bool) {
+	for i := ToWatch; i <= PrepareFailure; i++ {
+		if stateNames[i] == name {
+			return i, true
+		}
+	}
+	s, ok := legacyStates[name]
+	return s, ok
 }
 
 // MarshalJSON writes the state's name.

@@ -217,10 +217,13 @@ func DecodeChannelSpec(key string, b []byte) (ChannelSpec, error) {
 		ChannelSpec
 	}
 	s := &w.ChannelSpec
-	if !decodeOnce(b, &w, &w.V, PlacementSchemaVersion) {
+	if ver, ok := fastChannelSpec(b, s); !ok || ver < SchemaVersion || ver > PlacementSchemaVersion {
 		*s = ChannelSpec{}
-		if err := decodeUpTo(key, b, s, PlacementSchemaVersion); err != nil {
-			return ChannelSpec{}, err
+		if !decodeOnce(b, &w, &w.V, PlacementSchemaVersion) {
+			*s = ChannelSpec{}
+			if err := decodeUpTo(key, b, s, PlacementSchemaVersion); err != nil {
+				return ChannelSpec{}, err
+			}
 		}
 	}
 	if err := s.Validate(); err != nil {
@@ -245,10 +248,13 @@ func DecodeChannelInfo(key string, b []byte) (ChannelInfo, error) {
 		ChannelInfo
 	}
 	c := &w.ChannelInfo
-	if !decodeOnce(b, &w, &w.V, SchemaVersion) {
+	if ver, ok := fastChannelInfo(b, c); !ok || ver != SchemaVersion {
 		*c = ChannelInfo{}
-		if err := decode(key, b, c); err != nil {
-			return ChannelInfo{}, err
+		if !decodeOnce(b, &w, &w.V, SchemaVersion) {
+			*c = ChannelInfo{}
+			if err := decode(key, b, c); err != nil {
+				return ChannelInfo{}, err
+			}
 		}
 	}
 	if err := c.Validate(); err != nil {
