@@ -158,15 +158,28 @@ func (r *reconciler) run(ctx context.Context) error {
 			wake = r.clock.NewTimer(r.wake.Sub(r.clock.Now()))
 			wakeC = wake.Chan()
 		}
+		// Watch responses already delivered come before a tick or a
+		// wake-up: a pass must decide on the freshest view it can have
+		// without waiting (see catching up below).
+		var resp kv.WatchResponse
+		got, ok := false, false
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-wakeC:
-		case <-ticker.Chan():
-		case <-rewatch:
-			rewatch = nil
-			wch, wcancel = r.watch(ctx)
-		case resp, ok := <-wch:
+		case resp, ok = <-wch:
+			got = true
+		default:
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-wakeC:
+			case <-ticker.Chan():
+			case <-rewatch:
+				rewatch = nil
+				wch, wcancel = r.watch(ctx)
+			case resp, ok = <-wch:
+				got = true
+			}
+		}
+		if got {
 			// A pass walks every channel, so deciding after each small
 			// response would let a busy watch (thousands of acks) outrun
 			// the coordinator: keep folding for as long as the last pass's
@@ -180,6 +193,8 @@ func (r *reconciler) run(ctx context.Context) error {
 			var windowTimer *time.Timer
 			var answered []string // see quickPass
 			var quick gatherTimer
+			var catchUp time.Time // when catching up began
+			var idle *time.Timer
 			if w := min(r.lastDecide, maxFoldWindow); w > 0 {
 				windowTimer = time.NewTimer(w)
 				window = windowTimer.C
@@ -229,20 +244,13 @@ func (r *reconciler) run(ctx context.Context) error {
 						quick.Reset(r.gatherFor())
 					}
 				}
-				// Take whatever else is ready, or arrives within the
-				// window, before deciding: one pass for a burst of events.
-				if window == nil {
+				// Take whatever else arrives within the window before
+				// deciding: one pass for a burst of events.
+				got = false
+				for !got && window != nil {
 					select {
 					case resp, ok = <-wch:
-					default:
-						break drain
-					}
-					continue
-				}
-				for waiting := true; waiting; {
-					select {
-					case resp, ok = <-wch:
-						waiting = false
+						got = true
 					case <-quick.C:
 						quick.C = nil
 						if more, err := r.gathered(ctx, &answered, &quick); err != nil {
@@ -251,21 +259,70 @@ func (r *reconciler) run(ctx context.Context) error {
 							break drain
 						}
 					case <-window:
-						break drain
+						window = nil
 					case <-ticker.Chan():
-						break drain // time moved on: check timeouts now
+						window = nil // time moved on: check timeouts now
 					case <-ctx.Done():
 						return ctx.Err()
 					}
+				}
+				if got {
+					continue
+				}
+				// Catching up: then fold what the watch has already
+				// delivered, however much, and decide on that. The window
+				// bounds the wait for new events, not the folding of a
+				// backlog: a pass on a view that lags decides on answers it
+				// has not read (a timeout for a channel long Watched, a
+				// compare bound to fail), and when passes take seconds (a
+				// million channels) and only a window's worth of the
+				// backlog were folded between them, the lag grew without
+				// bound and placement stopped (B12). A response counts as
+				// delivered when it comes within catchUpIdle of the last;
+				// maxCatchUp bounds the whole, should events ever arrive
+				// faster than they fold.
+				if catchUp.IsZero() {
+					catchUp = time.Now()
+				}
+				if time.Since(catchUp) > maxCatchUp {
+					break drain
+				}
+				select {
+				case resp, ok = <-wch:
+					continue // delivered already
+				default:
+				}
+				if idle == nil {
+					idle = time.NewTimer(catchUpIdle)
+				} else {
+					idle.Reset(catchUpIdle)
+				}
+				select {
+				case resp, ok = <-wch:
+				case <-idle.C:
+					break drain
+				case <-ctx.Done():
+					return ctx.Err()
 				}
 			}
 			quick.Stop()
 			if windowTimer != nil {
 				windowTimer.Stop()
 			}
+			if idle != nil {
+				idle.Stop()
+			}
 		}
 	}
 }
+
+// catchUpIdle is how long after the last watch response the coordinator
+// takes the watch to have delivered its backlog (see run); maxCatchUp caps
+// the folding of a backlog before a pass, in real time.
+const (
+	catchUpIdle = time.Millisecond
+	maxCatchUp  = 2 * time.Second
+)
 
 // maxFoldWindow caps how long the coordinator keeps folding watch events
 // before its next pass (see run): the delay it adds to any decision.
