@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // NewCommand returns the `bench` subcommand: it runs the scenarios on an
@@ -74,8 +75,8 @@ func NewCommand() *cobra.Command {
 			if verbose {
 				opts.Progress = cmd.ErrOrStderr()
 			}
-			if os.Getenv("CHANWATCH_BENCH_LOG") != "" {
-				lg, err := zap.NewDevelopment()
+			if v := os.Getenv("CHANWATCH_BENCH_LOG"); v != "" {
+				lg, err := benchLogger(v)
 				if err != nil {
 					return err
 				}
@@ -148,4 +149,18 @@ func writeJSONFile(path string, rs []Result) error {
 		return nil
 	}
 	return w.Close()
+}
+
+// benchLogger is the logger CHANWATCH_BENCH_LOG asks for: a zap level
+// ("debug", "info", "warn", "error") logs at that level to stderr; any
+// other non-empty value is zap's development logger (debug).
+func benchLogger(v string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(v)
+	if err != nil {
+		return zap.NewDevelopment()
+	}
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.DisableStacktrace = true
+	return cfg.Build()
 }

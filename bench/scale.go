@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -569,6 +571,7 @@ func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int, 
 		if w != last {
 			last, since = w, time.Now()
 		} else if stuck := time.Since(since); stuck >= noProgress {
+			dumpGoroutines(e)
 			return fmt.Errorf("bench: %s: %d of %d Watched, unchanged for %v", what, w, n, stuck.Round(time.Second))
 		}
 	}
@@ -578,3 +581,23 @@ func (t *tracker) waitProgress(ctx context.Context, e *Env, what string, n int, 
 // far longer than the coordinator's watch timeout (30 s), after which it
 // places again whatever was not acknowledged.
 const noProgress = 3 * time.Minute
+
+// dumpGoroutines writes every goroutine's stack to the file named by
+// CHANWATCH_BENCH_DUMP, if set, for a run that stopped making progress.
+func dumpGoroutines(e *Env) {
+	path := os.Getenv("CHANWATCH_BENCH_DUMP")
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		e.logf("goroutine dump: %v", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 2); err != nil {
+		e.logf("goroutine dump: %v", err)
+		return
+	}
+	e.logf("goroutine dump written to %s", path)
+}
