@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -43,6 +44,7 @@ type options struct {
 	maxRequestBytes int
 	maxSendMsgSize  int
 	pageSize        int
+	noStream        bool
 	logger          *zap.Logger
 }
 
@@ -67,9 +69,21 @@ func WithMaxRequestBytes(n int) Option { return func(o *options) { o.maxRequestB
 // expose the value of a given client, so pass the one cli was built with).
 func WithMaxCallSendMsgSize(n int) Option { return func(o *options) { o.maxSendMsgSize = n } }
 
-// WithListPageSize sets how many keys List reads per request (default 1000).
-// Smaller pages keep each response small; List still returns one revision.
+// WithListPageSize sets how many keys List reads per request when it pages
+// (default 1000; see WithRangeStream). Smaller pages keep each response
+// small; List still returns one revision.
 func WithListPageSize(n int) Option { return func(o *options) { o.pageSize = n } }
+
+// WithRangeStream sets whether List and ListPages read with etcd's
+// RangeStream (etcd 3.7 and later; default true). A stream's chunks are
+// read at one revision without the count of the rest of the range that
+// every paged request makes the server compute, so a list of n keys costs
+// O(n) on the server where pages of p keys cost O(n*n/p): 2,000,000 keys in
+// pages of 1,000 is 2,000 walks of the index. A server that does not serve
+// RangeStream (etcd before 3.7, a proxy) answers Unimplemented, after which
+// this KV pages, as it does with false, and as it does for the rest of a
+// List whose stream's revision is compacted.
+func WithRangeStream(on bool) Option { return func(o *options) { o.noStream = !on } }
 
 // WithLogger sets the logger (default zap.NewNop()).
 func WithLogger(lg *zap.Logger) Option { return func(o *options) { o.logger = lg } }
@@ -83,6 +97,9 @@ type KV struct {
 	maxTxnBytes int
 	pageSize    int
 	logger      *zap.Logger
+	// noStream: List pages (WithRangeStream(false), or the server answered
+	// a RangeStream with Unimplemented).
+	noStream atomic.Bool
 
 	// closed is cancelled by Close; every call and watch derives from it.
 	closed context.Context
@@ -125,7 +142,7 @@ func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
 		return nil, errors.New("etcdkv: nil logger")
 	}
 	closed, closeFn := context.WithCancel(context.Background())
-	return &KV{
+	k := &KV{
 		cli:         cli,
 		prefix:      root + "/",
 		maxTxnOps:   o.maxTxnOps,
@@ -134,7 +151,9 @@ func New(cli *clientv3.Client, root string, opts ...Option) (*KV, error) {
 		logger:      o.logger.With(zap.String("root", root)),
 		closed:      closed,
 		close:       closeFn,
-	}, nil
+	}
+	k.noStream.Store(o.noStream)
+	return k, nil
 }
 
 // MaxTxnOps returns the configured largest Txn branch (WithMaxTxnOps).

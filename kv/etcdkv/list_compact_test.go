@@ -3,10 +3,14 @@ package etcdkv_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/kv/etcdkv"
@@ -111,7 +115,7 @@ func TestListPagesRestartsOnCompaction(t *testing.T) {
 // order, never with restart, all at one revision.
 func TestListPagesInOrder(t *testing.T) {
 	ctx := testContext(t)
-	k := newKV(t, etcdkv.WithListPageSize(3))
+	k := newKV(t, etcdkv.WithListPageSize(3), etcdkv.WithRangeStream(false))
 	var ops []kv.Op
 	for i := range 10 {
 		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
@@ -147,7 +151,7 @@ func compactingRoot(t *testing.T, page, keys int) (*etcdkv.KV, *compactingKV) {
 	root := testRoot(t)
 	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
 	c.KV = ckv
-	k := newKVAt(t, c, root, etcdkv.WithListPageSize(page))
+	k := newKVAt(t, c, root, etcdkv.WithListPageSize(page), etcdkv.WithRangeStream(false))
 	var ops []kv.Op
 	for i := range keys {
 		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
@@ -155,4 +159,150 @@ func compactingRoot(t *testing.T, page, keys int) (*etcdkv.KV, *compactingKV) {
 	_, err = k.Txn(testContext(t), kv.Txn{Then: ops})
 	noError(t, err)
 	return k, ckv
+}
+
+// streamCompactingKV compacts the server once, just before the first
+// RangeStream starts: the revision it was pinned to is compacted away, as
+// a compaction between its chunks would.
+type streamCompactingKV struct {
+	clientv3.KV
+	bump    string
+	streams atomic.Int64
+}
+
+func (c *streamCompactingKV) GetStream(ctx context.Context, key string, opts ...clientv3.OpOption) (clientv3.GetStreamChan, error) {
+	if c.streams.Add(1) == 1 {
+		put, err := c.KV.Put(ctx, c.bump, "x")
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.KV.Compact(ctx, put.Header.Revision); err != nil {
+			return nil, err
+		}
+	}
+	return c.KV.GetStream(ctx, key, opts...)
+}
+
+// A stream whose revision is compacted starts over in pages, with restart
+// set (pages cannot be outrun by compaction, see above), and ends with
+// exactly the prefix at the revision returned.
+func TestListStreamCompactedStartsOverInPages(t *testing.T) {
+	ctx := testContext(t)
+	c, err := srv.Client()
+	noError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	root := testRoot(t)
+	skv := &streamCompactingKV{KV: c.KV, bump: root + "-bump"}
+	c.KV = skv
+	k := newKVAt(t, c, root, etcdkv.WithListPageSize(7))
+	const keys = 100
+	var ops []kv.Op
+	for i := range keys {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
+	}
+	_, err = k.Txn(ctx, kv.Txn{Then: ops})
+	noError(t, err)
+
+	var got []kv.KeyValue
+	restarts := 0
+	rev, err := k.ListPages(ctx, "k/", func(page []kv.KeyValue, _ int64, restart bool) error {
+		if restart {
+			restarts++
+			got = nil
+		}
+		got = append(got, page...)
+		return nil
+	})
+	noError(t, err)
+	equal(t, int64(1), skv.streams.Load(), "streams")
+	equal(t, 1, restarts, "restarts")
+	equal(t, keys, len(got))
+	for i, x := range got {
+		equal(t, fmt.Sprintf("k/%04d", i), x.Key, "sorted by key")
+		isTrue(t, x.ModRevision <= rev, "mod revision %d above list revision %d", x.ModRevision, rev)
+	}
+}
+
+// A server that does not serve RangeStream (etcd before 3.7) answers
+// Unimplemented: List pages instead, every key at one revision, and does
+// not try the stream again.
+func TestListWithoutRangeStreamPages(t *testing.T) {
+	ctx := testContext(t)
+	var streams atomic.Int64
+	refuse := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if strings.HasSuffix(method, "/RangeStream") {
+			streams.Add(1)
+			return nil, status.Error(codes.Unimplemented, "unknown method RangeStream")
+		}
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	c, err := srv.Client(func(cfg *clientv3.Config) {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainStreamInterceptor(refuse))
+	})
+	noError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	k := newKVAt(t, c, testRoot(t), etcdkv.WithListPageSize(3))
+	var ops []kv.Op
+	for i := range 10 {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+	}
+	_, err = k.Txn(ctx, kv.Txn{Then: ops})
+	noError(t, err)
+	for range 2 {
+		var sizes []int
+		_, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, _ int64, restart bool) error {
+			isTrue(t, !restart, "restart without a compaction")
+			sizes = append(sizes, len(page))
+			return nil
+		})
+		noError(t, err)
+		equal(t, "[3 3 3 1]", fmt.Sprint(sizes), "page sizes")
+	}
+	equal(t, int64(1), streams.Load(), "RangeStream attempts")
+}
+
+// By default a List streams: one stream, no pages of the configured size,
+// and the chunks in key order at one revision.
+func TestListStreams(t *testing.T) {
+	ctx := testContext(t)
+	c, err := srv.Client()
+	noError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	ckv := &compactingKV{KV: c.KV, bump: "unused"}
+	c.KV = ckv
+	k := newKVAt(t, c, testRoot(t), etcdkv.WithListPageSize(3))
+	var ops []kv.Op
+	for i := range 100 {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+	}
+	_, err = k.Txn(ctx, kv.Txn{Then: ops})
+	noError(t, err)
+	var keys []string
+	var revs []int64
+	rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
+		isTrue(t, !restart, "restart without a compaction")
+		revs = append(revs, r)
+		for _, x := range page {
+			keys = append(keys, x.Key)
+		}
+		return nil
+	})
+	noError(t, err)
+	equal(t, int64(0), ckv.compactions.Load(), "paged reads (Get with More)")
+	equal(t, 100, len(keys))
+	for i, key := range keys {
+		equal(t, fmt.Sprintf("p/%04d", i), key, "sorted by key")
+	}
+	for _, r := range revs {
+		equal(t, rev, r, "every chunk at the list's revision")
+	}
+	// An empty prefix is one empty page.
+	calls := 0
+	_, err = k.ListPages(ctx, "none/", func(page []kv.KeyValue, _ int64, _ bool) error {
+		calls++
+		equal(t, 0, len(page))
+		return nil
+	})
+	noError(t, err)
+	equal(t, 1, calls, "calls for an empty prefix")
 }

@@ -7,6 +7,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/chanwatch/chanwatch/kv"
 )
@@ -69,8 +71,25 @@ func (k *KV) ListPages(ctx context.Context, prefix string, fn func(page []kv.Key
 	if err := kv.ValidatePrefix(prefix); err != nil {
 		return 0, err
 	}
+	attempt := 1
+	if !k.noStream.Load() {
+		rev, err := k.stream(ctx, prefix, fn)
+		switch {
+		case errors.Is(err, errNoStream):
+			k.noStream.Store(true)
+			k.logger.Info("the server does not serve RangeStream (etcd before 3.7?): listing in pages", zap.Error(err))
+		case errors.Is(err, kv.ErrCompacted):
+			// Pages from here on, as below: each attempt then needs
+			// fewer requests, and finishes under any compaction rate.
+			attempt = 2
+			k.logger.Info("list revision compacted during the stream, starting over in pages",
+				zap.String("prefix", prefix), zap.Int("page_size", k.pageSize), zap.Error(err))
+		default:
+			return rev, err
+		}
+	}
 	page := k.pageSize
-	for attempt := 1; ; attempt++ {
+	for ; ; attempt++ {
 		rev, err := k.list(ctx, prefix, page, func(kvs []kv.KeyValue, rev int64, first bool) error {
 			return fn(kvs, rev, first && attempt > 1)
 		})
@@ -135,6 +154,85 @@ func (k *KV) list(ctx context.Context, prefix string, page int, fn func(kvs []kv
 		}
 		resp = n.resp
 	}
+}
+
+// errNoStream: the server answered RangeStream with Unimplemented.
+var errNoStream = errors.New("etcdkv: RangeStream not served")
+
+// fnError carries an error of ListPages's fn through call unchanged.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
+
+// stream reads prefix with one RangeStream pinned to the revision of a
+// linearizable read made first (the stream tells its revision only with
+// its last chunk, and fn needs it with the first), calling fn with each
+// chunk as a page, the first with restart false. It returns errNoStream,
+// having called fn with nothing, when the server does not serve
+// RangeStream; kv.ErrCompacted when the revision was compacted before the
+// last chunk (fn then holds an incomplete prefix); fn's error as it is.
+func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyValue, rev int64, restart bool) error) (int64, error) {
+	full := k.full(prefix)
+	var rev int64
+	err := k.call(ctx, false, func(ctx context.Context) error {
+		resp, err := k.cli.Get(ctx, full) // one key: O(log n), for the revision
+		if err == nil {
+			rev = resp.Header.Revision
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	unsupported := false
+	err = k.call(ctx, false, func(ctx context.Context) error {
+		sctx, cancel := context.WithCancel(ctx)
+		ch, err := k.cli.GetStream(sctx, full, clientv3.WithRange(clientv3.GetPrefixRangeEnd(full)), clientv3.WithRev(rev))
+		if err != nil {
+			cancel()
+			unsupported = status.Code(err) == codes.Unimplemented
+			return err
+		}
+		defer func() {
+			cancel()
+			for range ch { // the client's goroutine ends once drained
+			}
+		}()
+		first := true
+		for r := range ch {
+			if err := r.Err(); err != nil {
+				unsupported = first && status.Code(err) == codes.Unimplemented
+				return err
+			}
+			if len(r.Kvs) == 0 && !first {
+				continue // the last chunk carries the header
+			}
+			kvs := make([]kv.KeyValue, len(r.Kvs))
+			for i, ekv := range r.Kvs {
+				kvs[i] = k.keyValue(ekv)
+			}
+			if err := fn(kvs, rev, false); err != nil {
+				return fnError{err}
+			}
+			first = false
+		}
+		if first {
+			if err := fn(nil, rev, false); err != nil {
+				return fnError{err}
+			}
+		}
+		return nil
+	})
+	if fe, ok := errors.AsType[fnError](err); ok {
+		return 0, fe.err
+	}
+	if unsupported {
+		return 0, fmt.Errorf("%w: %w", errNoStream, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
 // pageResult is a page read ahead.
