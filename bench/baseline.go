@@ -83,3 +83,23 @@ func (e *Env) listBaseline(ctx context.Context, root string) (time.Duration, int
 	}
 	return time.Since(start), n, nil
 }
+
+// streamBaseline lists every key under root with a raw client in one
+// RangeStream (etcd 3.7; what etcdkv's List uses when the server serves
+// it), and returns the time and the key count.
+func (e *Env) streamBaseline(ctx context.Context, root string) (time.Duration, int, error) {
+	prefix := root + "/"
+	start := time.Now()
+	ch, err := e.cli.GetStream(ctx, prefix, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)))
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench: baseline stream: %w", err)
+	}
+	n := 0
+	for r := range ch {
+		if err := r.Err(); err != nil {
+			return 0, 0, fmt.Errorf("bench: baseline stream: %w", err)
+		}
+		n += len(r.Kvs)
+	}
+	return time.Since(start), n, nil
+}

@@ -30,8 +30,9 @@ import (
 //     run (10,000 channels on 100 real nodes): the ratio is B1's channels/s
 //     over this run's; goal <= 1.0.
 //   - cold start: the coordinator is restarted and timed until its view
-//     counts every channel Watched, against a raw paginated list of the
-//     root (as B3); goal <= 1.2.
+//     counts every channel Watched, against a raw list of the root in one
+//     RangeStream (B3 also pages; at this size pages cost etcd a count of
+//     the rest of the range each); goal <= 1.2.
 //   - heap: the restarted coordinator's live heap growth (as B5); goal
 //     <= 1 GiB.
 //   - failover: one node's channels after its lease is revoked, from the
@@ -117,8 +118,11 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	co.stop()
 	p.Close()
 
-	e.logf("B12: cold start: raw list first")
-	listTook, keys, err := e.listBaseline(ctx, root)
+	// The raw list is one RangeStream: pages of 1,000 make etcd count the
+	// rest of the range for each (about 2,000 walks of 2,000,000 keys,
+	// which ran past 9 minutes), and etcdkv streams too.
+	e.logf("B12: cold start: raw streamed list first")
+	listTook, keys, err := e.streamBaseline(ctx, root)
 	if err != nil {
 		return r, err
 	}
@@ -186,7 +190,7 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	}
 	r.finish("<= 1.0 (B1's channels/s over ours)", 1.0,
 		fmt.Sprintf("%d channels on %d simulated nodes; %.0f channels/s against B1's %.0f (registration %.1f s of it)", channels, nodes, rate, refRate, regTook.Seconds()),
-		fmt.Sprintf("cold start %.2f s against a raw list of %d keys in %.2f s: ratio %.2f, goal <= 1.2 %s", cold.Seconds(), keys, listTook.Seconds(), cold.Seconds()/listTook.Seconds(), verdict(cold.Seconds()/listTook.Seconds() <= 1.2)),
+		fmt.Sprintf("cold start %.2f s against a raw streamed list of %d keys in %.2f s: ratio %.2f, goal <= 1.2 %s", cold.Seconds(), keys, listTook.Seconds(), cold.Seconds()/listTook.Seconds(), verdict(cold.Seconds()/listTook.Seconds() <= 1.2)),
 		fmt.Sprintf("coordinator heap %.0f MiB (%.0f B/channel), goal <= 1 GiB %s", heap/(1<<20), heap/float64(channels), verdict(heap <= 1<<30)),
 		fmt.Sprintf("failover of node %d's %d channels %.3f s after its %v TTL, goal <= 1 s %s", victim, held, failTook.Seconds(), sf.ttl, verdict(failTook <= time.Second)),
 		fmt.Sprintf("etcd db %.0f MiB, %.0f MiB after compaction and defragmentation", float64(dbBefore)/(1<<20), float64(dbAfter)/(1<<20)))
