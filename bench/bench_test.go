@@ -44,8 +44,15 @@ func TestCommandSmoke(t *testing.T) {
 	}
 	fields := []string{"name", "n", "chanwatch_s", "baseline_s", "ratio", "etcd_writes", "etcd_writes_per_channel", "notes"}
 	for i, o := range objs {
-		if _, ok := o["figures"]; ok && want[i] == "B11 balance" {
+		if fig, ok := o["figures"].(map[string]any); ok && want[i] == "B11 balance" {
 			delete(o, "figures") // B11's secondary figures (see TestBalanceQuality)
+		} else if ok && want[i] == "B3 recovery" {
+			for _, f := range []string{"raw_stream_s", "ratio_to_stream"} {
+				if v, ok := fig[f].(float64); !ok || v <= 0 {
+					t.Errorf("B3's figure %s is %v, want a positive number", f, fig[f])
+				}
+			}
+			delete(o, "figures")
 		}
 		if len(o) != len(fields) {
 			t.Errorf("object %d has %d fields, want exactly %v: %v", i, len(o), fields, o)

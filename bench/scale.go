@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/chanwatch/chanwatch/channelmgr"
 	"github.com/chanwatch/chanwatch/kv"
 	"github.com/chanwatch/chanwatch/meta"
 )
@@ -78,7 +79,12 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	if err != nil {
 		return r, err
 	}
-	co, err := startCoordinator(p, e)
+	// The coordinator's session has the fleet's TTL too: at 1,000,000
+	// channels its process (etcd and the fleet share it) pauses for GC and
+	// passes of seconds, and with B1's 3 s its session was fenced in the
+	// failover step, which then timed a new term's cold start instead.
+	coordTTL := channelmgr.WithSessionTTL(sf.ttl)
+	co, err := startCoordinator(p, e, coordTTL)
 	if err != nil {
 		p.Close()
 		return r, err
@@ -136,7 +142,7 @@ func Scale(ctx context.Context, e *Env, channels, nodes int) (Result, error) {
 	}
 	heap0 := steadyHeap()
 	start = time.Now()
-	co2, err := startCoordinator(p2, e)
+	co2, err := startCoordinator(p2, e, coordTTL)
 	if err != nil {
 		return r, err
 	}
