@@ -72,6 +72,7 @@ func NewCommand() *cobra.Command {
 				}
 			}
 			out := cmd.OutOrStdout()
+			opts.Warnings = cmd.ErrOrStderr()
 			if verbose {
 				opts.Progress = cmd.ErrOrStderr()
 			}

@@ -50,6 +50,10 @@ type Options struct {
 	Logger *zap.Logger
 	// Progress, when set, receives one line per step as scenarios run.
 	Progress io.Writer
+	// Warnings receives one line per scenario of the default set that
+	// this binary cannot run (B4 without the raft backend); default
+	// os.Stderr.
+	Warnings io.Writer
 	// Timeout bounds each scenario (default 10m).
 	Timeout time.Duration
 	// HeapProfile, when set, is the file B5 writes a heap profile to at the
@@ -80,6 +84,9 @@ func (o *Options) fill() error {
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
+	}
+	if o.Warnings == nil {
+		o.Warnings = os.Stderr
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
