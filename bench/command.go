@@ -36,6 +36,7 @@ func NewCommand() *cobra.Command {
 		cpuProfile string
 		memProfile string
 		verbose    bool
+		contended  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -94,10 +95,19 @@ func NewCommand() *cobra.Command {
 				}
 				defer pprof.StopCPUProfile()
 			}
+			load := "quiet"
+			if contended {
+				stop, err := StartBusyLoops(BusyLoops)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				load = fmt.Sprintf("contended (%d busy loops beside it)", BusyLoops)
+			}
 			start := time.Now()
 			rs, runErr := Run(cmd.Context(), opts, only)
 			if len(rs) > 0 {
-				fmt.Fprintf(out, "chanwatch bench: scale %g, %s, %v\n", opts.Scale, where(opts), time.Since(start).Round(time.Second))
+				fmt.Fprintf(out, "chanwatch bench: scale %g, %s, %s, %v\n", opts.Scale, where(opts), load, time.Since(start).Round(time.Second))
 				if err := WriteTable(out, rs); err != nil {
 					return err
 				}
@@ -123,6 +133,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	f.StringVar(&memProfile, "memprofile", "", "write a heap profile (in-use space) to this file when B5 measures the coordinator's heap")
 	f.BoolVarP(&verbose, "verbose", "v", false, "print each step to stderr as it runs")
+	f.BoolVar(&contended, "contended", false, "run two busy loops (yes >/dev/null) beside the scenarios, as a CPU-bound neighbour would, so that a coordinator that burns CPU shows in the ratios")
 	return cmd
 }
 
