@@ -60,7 +60,7 @@ func (r *reconciler) quickPass(ctx context.Context, chs []string) (bool, int, er
 	now := r.clock.Now()
 	// decideChannel counts each channel's load into p.loads; those counts
 	// are in lastLoads already, so it counts into a scratch map.
-	p := &plan{byCh: map[string]*unit{}, loads: map[int64]*NodeLoad{}, movable: map[string]*keyEntry{}}
+	p := &plan{byCh: map[string]*unit{}, loads: map[int64]*NodeLoad{}}
 	seen := make(map[string]bool, len(chs))
 	for _, ch := range chs {
 		if !seen[ch] {

@@ -25,6 +25,9 @@ type reconciler struct {
 	log   *zap.Logger
 	clock clockwork.Clock
 	start time.Time // when this term began: the reference of the takeover wait
+	// noSettled turns decideChannel's fast path for settled channels off
+	// (tests compare the two).
+	noSettled bool
 
 	v       view
 	watchOK bool // false while the watch is down: the view may be stale
