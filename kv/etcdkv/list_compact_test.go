@@ -306,3 +306,74 @@ func TestListStreams(t *testing.T) {
 	noError(t, err)
 	equal(t, 1, calls, "calls for an empty prefix")
 }
+
+// cutStream passes left messages of a RangeStream, then fails as a server
+// going away (a leader change, a member restart) fails it: Unavailable.
+type cutStream struct {
+	grpc.ClientStream
+	left int
+}
+
+func (s *cutStream) RecvMsg(m any) error {
+	if s.left == 0 {
+		return status.Error(codes.Unavailable, "injected: transport is closing")
+	}
+	s.left--
+	return s.ClientStream.RecvMsg(m)
+}
+
+// A stream cut by Unavailable mid-way, or before its first chunk, resumes
+// after the last key given, at the same revision: List returns every key
+// once, in order, with no restart, as the paged List did (clientv3 retries
+// a Range on Unavailable, but never a RangeStream).
+func TestListStreamResumesAfterUnavailable(t *testing.T) {
+	for _, after := range []int{2, 0} {
+		t.Run(fmt.Sprintf("cut after %d chunks", after), func(t *testing.T) {
+			ctx := testContext(t)
+			var streams atomic.Int64
+			cut := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				s, err := streamer(ctx, desc, cc, method, opts...)
+				if err != nil || !strings.HasSuffix(method, "/RangeStream") {
+					return s, err
+				}
+				if streams.Add(1) == 1 {
+					return &cutStream{ClientStream: s, left: after}, nil
+				}
+				return s, nil
+			}
+			c, err := srv.Client(func(cfg *clientv3.Config) {
+				cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainStreamInterceptor(cut))
+			})
+			noError(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			k := newKVAt(t, c, testRoot(t))
+			const keys = 100
+			var ops []kv.Op
+			for i := range keys {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err = k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+
+			var got []string
+			var revs []int64
+			rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
+				isTrue(t, !restart, "restart without a compaction")
+				revs = append(revs, r)
+				for _, x := range page {
+					got = append(got, x.Key)
+				}
+				return nil
+			})
+			noError(t, err)
+			isTrue(t, streams.Load() >= 2, "the stream was not cut (%d streams)", streams.Load())
+			equal(t, keys, len(got))
+			for i, key := range got {
+				equal(t, fmt.Sprintf("p/%04d", i), key, "every key once, sorted")
+			}
+			for _, r := range revs {
+				equal(t, rev, r, "every chunk at the list's revision")
+			}
+		})
+	}
+}
