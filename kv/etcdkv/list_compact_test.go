@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -373,6 +374,41 @@ func TestListStreamResumesAfterUnavailable(t *testing.T) {
 			}
 			for _, r := range revs {
 				equal(t, rev, r, "every chunk at the list's revision")
+			}
+		})
+	}
+}
+
+// kv.Pager: on cancel ListPages returns ctx's error and calls fn no more,
+// streamed or paged. A stream's chunks that were already on their way
+// (buffered by gRPC and by clientv3's channel) were still handed to fn
+// after fn cancelled, and when they were the rest of the prefix ListPages
+// returned success.
+func TestListPagesCancelCallsFnNoMore(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 100 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			for range 20 {
+				cctx, cancel := context.WithCancel(ctx)
+				calls := 0
+				_, err = k.ListPages(cctx, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
+					calls++
+					if calls == 1 {
+						cancel()
+						time.Sleep(time.Millisecond) // let what is on its way arrive
+					}
+					return nil
+				})
+				cancel()
+				isError(t, err, context.Canceled)
+				equal(t, 1, calls, "calls of fn, the first of which cancelled")
 			}
 		})
 	}

@@ -138,7 +138,13 @@ func (k *KV) list(ctx context.Context, prefix string, page int, fn func(kvs []kv
 		for i, ekv := range resp.Kvs {
 			kvs[i] = k.keyValue(ekv)
 		}
-		if err := fn(kvs, rev, first); err != nil {
+		err := ctx.Err() // a page read before the cancel is not given
+		if err != nil {
+			err = fmt.Errorf("etcdkv: %w", err)
+		} else {
+			err = fn(kvs, rev, first)
+		}
+		if err != nil {
 			cancel()
 			if ahead != nil {
 				<-ahead
@@ -224,6 +230,9 @@ func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyVal
 				}
 				if len(r.Kvs) > 0 {
 					from, progress = string(r.Kvs[len(r.Kvs)-1].Key)+"\x00", true
+				}
+				if err := ctx.Err(); err != nil {
+					return err // chunks already on their way are not given
 				}
 				if err := fn(kvs, rev, false); err != nil {
 					return fnError{err}
