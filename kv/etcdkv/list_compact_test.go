@@ -413,3 +413,38 @@ func TestListPagesCancelCallsFnNoMore(t *testing.T) {
 		})
 	}
 }
+
+// kv.Pager: an error from fn is returned as it is, streamed or paged, even
+// when fn ended ctx first (a caller that learns it is deposed cancels its
+// term and says why). The stream returned ctx's error instead: fn's error
+// went through the conversion of etcd's errors, which puts a done
+// context's first.
+func TestListPagesReturnsFnErrorAsIs(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 30 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			stop := fmt.Errorf("deposed")
+			for _, cancelFirst := range []bool{false, true} {
+				cctx, cancel := context.WithCancel(ctx)
+				calls := 0
+				_, err = k.ListPages(cctx, "p/", func([]kv.KeyValue, int64, bool) error {
+					calls++
+					if cancelFirst {
+						cancel()
+					}
+					return stop
+				})
+				cancel()
+				equal(t, stop, err, "the error of fn, as it is")
+				equal(t, 1, calls)
+			}
+		})
+	}
+}

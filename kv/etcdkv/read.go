@@ -166,11 +166,6 @@ func (k *KV) list(ctx context.Context, prefix string, page int, fn func(kvs []kv
 // errNoStream: the server answered RangeStream with Unimplemented.
 var errNoStream = errors.New("etcdkv: RangeStream not served")
 
-// fnError carries an error of ListPages's fn through call unchanged.
-type fnError struct{ err error }
-
-func (e fnError) Error() string { return e.err.Error() }
-
 // stream reads prefix with one RangeStream pinned to the revision of a
 // linearizable read made first (the stream tells its revision only with
 // its last chunk, and fn needs it with the first), calling fn with each
@@ -201,6 +196,9 @@ func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyVal
 	end := clientv3.GetPrefixRangeEnd(full)
 	from := full // the first key not given yet
 	first := true
+	// fn's error is returned as it is, not through call, whose conversion
+	// of etcd's errors would put a done context's first.
+	var fnErr error
 	for failures := 0; ; {
 		unsupported, progress := false, false
 		err = k.call(ctx, false, func(ctx context.Context) error {
@@ -234,20 +232,20 @@ func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyVal
 				if err := ctx.Err(); err != nil {
 					return err // chunks already on their way are not given
 				}
-				if err := fn(kvs, rev, false); err != nil {
-					return fnError{err}
+				if fnErr = fn(kvs, rev, false); fnErr != nil {
+					return fnErr
 				}
 				first = false
 			}
 			if first {
-				if err := fn(nil, rev, false); err != nil {
-					return fnError{err}
+				if fnErr = fn(nil, rev, false); fnErr != nil {
+					return fnErr
 				}
 			}
 			return nil
 		})
-		if fe, ok := errors.AsType[fnError](err); ok {
-			return 0, fe.err
+		if fnErr != nil {
+			return 0, fnErr
 		}
 		if unsupported {
 			return 0, fmt.Errorf("%w: %w", errNoStream, err)
