@@ -448,3 +448,32 @@ func TestListPagesReturnsFnErrorAsIs(t *testing.T) {
 		})
 	}
 }
+
+// An error from fn that wraps kv.ErrCompacted (fn read something of its
+// own at an old revision) is fn's, returned as it is: it must not be taken
+// for the compaction of the list's revision, which starts the read over
+// and calls fn again.
+func TestListPagesFnCompactedErrorIsFns(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 30 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			mine := fmt.Errorf("fn's own read: %w", kv.ErrCompacted)
+			calls := 0
+			_, err = k.ListPages(ctx, "p/", func([]kv.KeyValue, int64, bool) error {
+				if calls++; calls == 1 {
+					return mine
+				}
+				return nil
+			})
+			equal(t, mine, err, "the error of fn, as it is")
+			equal(t, 1, calls)
+		})
+	}
+}

@@ -72,10 +72,19 @@ func (k *KV) ListPages(ctx context.Context, prefix string, fn func(page []kv.Key
 	if err := kv.ValidatePrefix(prefix); err != nil {
 		return 0, err
 	}
+	// fn's error is returned as it is, whatever it wraps: one that wraps
+	// kv.ErrCompacted is not the list's revision compacted.
+	var fnErr error
+	give := func(page []kv.KeyValue, rev int64, restart bool) error {
+		fnErr = fn(page, rev, restart)
+		return fnErr
+	}
 	attempt := 1
 	if !k.noStream.Load() {
-		rev, err := k.stream(ctx, prefix, fn)
+		rev, err := k.stream(ctx, prefix, give)
 		switch {
+		case fnErr != nil:
+			return 0, fnErr
 		case errors.Is(err, errNoStream):
 			k.noStream.Store(true)
 			k.logger.Info("the server does not serve RangeStream (etcd before 3.7?): listing in pages", zap.Error(err))
@@ -92,8 +101,11 @@ func (k *KV) ListPages(ctx context.Context, prefix string, fn func(page []kv.Key
 	page := k.pageSize
 	for ; ; attempt++ {
 		rev, err := k.list(ctx, prefix, page, func(kvs []kv.KeyValue, rev int64, first bool) error {
-			return fn(kvs, rev, first && attempt > 1)
+			return give(kvs, rev, first && attempt > 1)
 		})
+		if fnErr != nil {
+			return 0, fnErr
+		}
 		if !errors.Is(err, kv.ErrCompacted) {
 			return rev, err
 		}
