@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -305,4 +306,174 @@ func TestListStreams(t *testing.T) {
 	})
 	noError(t, err)
 	equal(t, 1, calls, "calls for an empty prefix")
+}
+
+// cutStream passes left messages of a RangeStream, then fails as a server
+// going away (a leader change, a member restart) fails it: Unavailable.
+type cutStream struct {
+	grpc.ClientStream
+	left int
+}
+
+func (s *cutStream) RecvMsg(m any) error {
+	if s.left == 0 {
+		return status.Error(codes.Unavailable, "injected: transport is closing")
+	}
+	s.left--
+	return s.ClientStream.RecvMsg(m)
+}
+
+// A stream cut by Unavailable mid-way, or before its first chunk, resumes
+// after the last key given, at the same revision: List returns every key
+// once, in order, with no restart, as the paged List did (clientv3 retries
+// a Range on Unavailable, but never a RangeStream).
+func TestListStreamResumesAfterUnavailable(t *testing.T) {
+	for _, after := range []int{2, 0} {
+		t.Run(fmt.Sprintf("cut after %d chunks", after), func(t *testing.T) {
+			ctx := testContext(t)
+			var streams atomic.Int64
+			cut := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				s, err := streamer(ctx, desc, cc, method, opts...)
+				if err != nil || !strings.HasSuffix(method, "/RangeStream") {
+					return s, err
+				}
+				if streams.Add(1) == 1 {
+					return &cutStream{ClientStream: s, left: after}, nil
+				}
+				return s, nil
+			}
+			c, err := srv.Client(func(cfg *clientv3.Config) {
+				cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainStreamInterceptor(cut))
+			})
+			noError(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			k := newKVAt(t, c, testRoot(t))
+			const keys = 100
+			var ops []kv.Op
+			for i := range keys {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err = k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+
+			var got []string
+			var revs []int64
+			rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
+				isTrue(t, !restart, "restart without a compaction")
+				revs = append(revs, r)
+				for _, x := range page {
+					got = append(got, x.Key)
+				}
+				return nil
+			})
+			noError(t, err)
+			isTrue(t, streams.Load() >= 2, "the stream was not cut (%d streams)", streams.Load())
+			equal(t, keys, len(got))
+			for i, key := range got {
+				equal(t, fmt.Sprintf("p/%04d", i), key, "every key once, sorted")
+			}
+			for _, r := range revs {
+				equal(t, rev, r, "every chunk at the list's revision")
+			}
+		})
+	}
+}
+
+// kv.Pager: on cancel ListPages returns ctx's error and calls fn no more,
+// streamed or paged. A stream's chunks that were already on their way
+// (buffered by gRPC and by clientv3's channel) were still handed to fn
+// after fn cancelled, and when they were the rest of the prefix ListPages
+// returned success.
+func TestListPagesCancelCallsFnNoMore(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 100 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			for range 20 {
+				cctx, cancel := context.WithCancel(ctx)
+				calls := 0
+				_, err = k.ListPages(cctx, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
+					calls++
+					if calls == 1 {
+						cancel()
+						time.Sleep(time.Millisecond) // let what is on its way arrive
+					}
+					return nil
+				})
+				cancel()
+				isError(t, err, context.Canceled)
+				equal(t, 1, calls, "calls of fn, the first of which cancelled")
+			}
+		})
+	}
+}
+
+// kv.Pager: an error from fn is returned as it is, streamed or paged, even
+// when fn ended ctx first (a caller that learns it is deposed cancels its
+// term and says why). The stream returned ctx's error instead: fn's error
+// went through the conversion of etcd's errors, which puts a done
+// context's first.
+func TestListPagesReturnsFnErrorAsIs(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 30 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			stop := fmt.Errorf("deposed")
+			for _, cancelFirst := range []bool{false, true} {
+				cctx, cancel := context.WithCancel(ctx)
+				calls := 0
+				_, err = k.ListPages(cctx, "p/", func([]kv.KeyValue, int64, bool) error {
+					calls++
+					if cancelFirst {
+						cancel()
+					}
+					return stop
+				})
+				cancel()
+				equal(t, stop, err, "the error of fn, as it is")
+				equal(t, 1, calls)
+			}
+		})
+	}
+}
+
+// An error from fn that wraps kv.ErrCompacted (fn read something of its
+// own at an old revision) is fn's, returned as it is: it must not be taken
+// for the compaction of the list's revision, which starts the read over
+// and calls fn again.
+func TestListPagesFnCompactedErrorIsFns(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			ctx := testContext(t)
+			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			var ops []kv.Op
+			for i := range 30 {
+				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
+			}
+			_, err := k.Txn(ctx, kv.Txn{Then: ops})
+			noError(t, err)
+			mine := fmt.Errorf("fn's own read: %w", kv.ErrCompacted)
+			calls := 0
+			_, err = k.ListPages(ctx, "p/", func([]kv.KeyValue, int64, bool) error {
+				if calls++; calls == 1 {
+					return mine
+				}
+				return nil
+			})
+			equal(t, mine, err, "the error of fn, as it is")
+			equal(t, 1, calls)
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -71,10 +72,19 @@ func (k *KV) ListPages(ctx context.Context, prefix string, fn func(page []kv.Key
 	if err := kv.ValidatePrefix(prefix); err != nil {
 		return 0, err
 	}
+	// fn's error is returned as it is, whatever it wraps: one that wraps
+	// kv.ErrCompacted is not the list's revision compacted.
+	var fnErr error
+	give := func(page []kv.KeyValue, rev int64, restart bool) error {
+		fnErr = fn(page, rev, restart)
+		return fnErr
+	}
 	attempt := 1
 	if !k.noStream.Load() {
-		rev, err := k.stream(ctx, prefix, fn)
+		rev, err := k.stream(ctx, prefix, give)
 		switch {
+		case fnErr != nil:
+			return 0, fnErr
 		case errors.Is(err, errNoStream):
 			k.noStream.Store(true)
 			k.logger.Info("the server does not serve RangeStream (etcd before 3.7?): listing in pages", zap.Error(err))
@@ -91,8 +101,11 @@ func (k *KV) ListPages(ctx context.Context, prefix string, fn func(page []kv.Key
 	page := k.pageSize
 	for ; ; attempt++ {
 		rev, err := k.list(ctx, prefix, page, func(kvs []kv.KeyValue, rev int64, first bool) error {
-			return fn(kvs, rev, first && attempt > 1)
+			return give(kvs, rev, first && attempt > 1)
 		})
+		if fnErr != nil {
+			return 0, fnErr
+		}
 		if !errors.Is(err, kv.ErrCompacted) {
 			return rev, err
 		}
@@ -137,7 +150,13 @@ func (k *KV) list(ctx context.Context, prefix string, page int, fn func(kvs []kv
 		for i, ekv := range resp.Kvs {
 			kvs[i] = k.keyValue(ekv)
 		}
-		if err := fn(kvs, rev, first); err != nil {
+		err := ctx.Err() // a page read before the cancel is not given
+		if err != nil {
+			err = fmt.Errorf("etcdkv: %w", err)
+		} else {
+			err = fn(kvs, rev, first)
+		}
+		if err != nil {
 			cancel()
 			if ahead != nil {
 				<-ahead
@@ -159,11 +178,6 @@ func (k *KV) list(ctx context.Context, prefix string, page int, fn func(kvs []kv
 // errNoStream: the server answered RangeStream with Unimplemented.
 var errNoStream = errors.New("etcdkv: RangeStream not served")
 
-// fnError carries an error of ListPages's fn through call unchanged.
-type fnError struct{ err error }
-
-func (e fnError) Error() string { return e.err.Error() }
-
 // stream reads prefix with one RangeStream pinned to the revision of a
 // linearizable read made first (the stream tells its revision only with
 // its last chunk, and fn needs it with the first), calling fn with each
@@ -171,6 +185,13 @@ func (e fnError) Error() string { return e.err.Error() }
 // having called fn with nothing, when the server does not serve
 // RangeStream; kv.ErrCompacted when the revision was compacted before the
 // last chunk (fn then holds an incomplete prefix); fn's error as it is.
+//
+// clientv3 retries a Range that fails with Unavailable (a leader change, a
+// member going away), but never a RangeStream: a stream cut that way
+// resumes after the last key given, at the same revision, so fn sees each
+// key once and the read is what one stream would have read. Up to
+// maxStreamRetries cuts in a row without a chunk are retried, each after
+// streamRetryWait, as clientv3 retries a Range.
 func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyValue, rev int64, restart bool) error) (int64, error) {
 	full := k.full(prefix)
 	var rev int64
@@ -184,56 +205,97 @@ func (k *KV) stream(ctx context.Context, prefix string, fn func(page []kv.KeyVal
 	if err != nil {
 		return 0, err
 	}
-	unsupported := false
-	err = k.call(ctx, false, func(ctx context.Context) error {
-		sctx, cancel := context.WithCancel(ctx)
-		ch, err := k.cli.GetStream(sctx, full, clientv3.WithRange(clientv3.GetPrefixRangeEnd(full)), clientv3.WithRev(rev))
-		if err != nil {
-			cancel()
-			unsupported = status.Code(err) == codes.Unimplemented
-			return err
-		}
-		defer func() {
-			cancel()
-			for range ch { // the client's goroutine ends once drained
-			}
-		}()
-		first := true
-		for r := range ch {
-			if err := r.Err(); err != nil {
+	end := clientv3.GetPrefixRangeEnd(full)
+	from := full // the first key not given yet
+	first := true
+	// fn's error is returned as it is, not through call, whose conversion
+	// of etcd's errors would put a done context's first.
+	var fnErr error
+	for failures := 0; ; {
+		unsupported, progress := false, false
+		err = k.call(ctx, false, func(ctx context.Context) error {
+			sctx, cancel := context.WithCancel(ctx)
+			ch, err := k.cli.GetStream(sctx, from, clientv3.WithRange(end), clientv3.WithRev(rev))
+			if err != nil {
+				cancel()
 				unsupported = first && status.Code(err) == codes.Unimplemented
 				return err
 			}
-			if len(r.Kvs) == 0 && !first {
-				continue // the last chunk carries the header
+			defer func() {
+				cancel()
+				for range ch { // the client's goroutine ends once drained
+				}
+			}()
+			for r := range ch {
+				if err := r.Err(); err != nil {
+					unsupported = first && status.Code(err) == codes.Unimplemented
+					return err
+				}
+				if len(r.Kvs) == 0 && !first {
+					continue // the last chunk carries the header
+				}
+				kvs := make([]kv.KeyValue, len(r.Kvs))
+				for i, ekv := range r.Kvs {
+					kvs[i] = k.keyValue(ekv)
+				}
+				if len(r.Kvs) > 0 {
+					from, progress = string(r.Kvs[len(r.Kvs)-1].Key)+"\x00", true
+				}
+				if err := ctx.Err(); err != nil {
+					return err // chunks already on their way are not given
+				}
+				if fnErr = fn(kvs, rev, false); fnErr != nil {
+					return fnErr
+				}
+				first = false
 			}
-			kvs := make([]kv.KeyValue, len(r.Kvs))
-			for i, ekv := range r.Kvs {
-				kvs[i] = k.keyValue(ekv)
+			if first {
+				if fnErr = fn(nil, rev, false); fnErr != nil {
+					return fnErr
+				}
 			}
-			if err := fn(kvs, rev, false); err != nil {
-				return fnError{err}
-			}
-			first = false
+			return nil
+		})
+		if fnErr != nil {
+			return 0, fnErr
 		}
-		if first {
-			if err := fn(nil, rev, false); err != nil {
-				return fnError{err}
-			}
+		if unsupported {
+			return 0, fmt.Errorf("%w: %w", errNoStream, err)
 		}
-		return nil
-	})
-	if fe, ok := errors.AsType[fnError](err); ok {
-		return 0, fe.err
+		if err == nil {
+			return rev, nil
+		}
+		if !errors.Is(err, kv.ErrUnavailable) {
+			return 0, err
+		}
+		if progress {
+			failures = 0
+		}
+		if failures++; failures > maxStreamRetries {
+			return 0, err
+		}
+		k.logger.Info("list stream cut, resuming after the last key read",
+			zap.String("prefix", prefix), zap.Int64("revision", rev), zap.Int("failures", failures), zap.Error(err))
+		t := time.NewTimer(streamRetryWait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("etcdkv: %w", ctx.Err())
+		case <-k.closed.Done():
+			t.Stop()
+			return 0, errClosed
+		case <-t.C:
+		}
 	}
-	if unsupported {
-		return 0, fmt.Errorf("%w: %w", errNoStream, err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return rev, nil
 }
+
+// maxStreamRetries and streamRetryWait bound the resumption of a list
+// stream cut by Unavailable, as clientv3 bounds its retries of a Range
+// (100, about 25 ms apart).
+const (
+	maxStreamRetries = 100
+	streamRetryWait  = 25 * time.Millisecond
+)
 
 // pageResult is a page read ahead.
 type pageResult struct {
