@@ -7,8 +7,9 @@
 // to the root. etcd's own semantics are the contract's, so most calls map
 // one to one: Txn to an etcd Txn, Watch to a clientv3 watch (which resumes
 // by itself after a reconnect, keeping its revision), leases to etcd leases.
-// Where they differ this package bridges: List pages through large prefixes
-// at one pinned revision; Watch from "now" reads the current revision first,
+// Where they differ this package bridges: List reads large prefixes at one
+// pinned revision, by RangeStream on etcd 3.7 and later and in pages
+// before; Watch from "now" reads the current revision first,
 // so an event written after Watch returns is never missed; every engine
 // error goes through one convertError onto the sentinels of package kv.
 //

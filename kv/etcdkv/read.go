@@ -40,8 +40,15 @@ func (k *KV) Get(ctx context.Context, key string) (kv.KeyValue, int64, error) {
 }
 
 // List returns every key with prefix, sorted, read at one revision; see
-// kv.KV. It reads in pages of the configured size, each pinned to the first
-// page's revision, so no single response holds a huge prefix. If a
+// kv.KV. On etcd 3.7 and later it reads one RangeStream pinned to the
+// revision of a linearizable one-key read made first: chunks of a size the
+// server picks, so no single response holds a huge prefix, and without the
+// count of the rest of the range that a paged request makes etcd compute
+// (see WithRangeStream). A stream cut by Unavailable resumes after the last
+// key read, at the same revision. Otherwise (WithRangeStream(false), a
+// server that answers Unimplemented, after which this KV pages for good, or
+// a stream whose revision was compacted) it reads in pages of the
+// configured size, each pinned to the first page's revision. If a
 // compaction removes that revision before the last page, List starts over
 // at the newest revision with pages twice as large, for as long as ctx
 // allows: under continuous compaction each attempt needs fewer pages, and
