@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +48,7 @@ func (u *unit) bytes() int { return kv.TxnBytes(kv.Txn{If: u.cmps, Then: u.ops})
 // txn is not sent: it is held, logged once per channel revision, shown in
 // the channels_too_large gauge, and decided again when the channel changes.
 func (r *reconciler) pack(units []*unit) []*batch {
+	units = byNode(units)
 	maxOps := r.b.MaxTxnOps()
 	maxBytes := r.b.MaxTxnBytes()
 	if r.refused > 0 {
@@ -98,6 +101,27 @@ func (r *reconciler) pack(units []*unit) []*batch {
 	}
 	flush()
 	r.c.m.tooLarge.Set(float64(held))
+	return out
+}
+
+// byNode returns units ordered by the key they put (channel/<node>/...,
+// prepare/<node>/...), stably, so that the writes for one node share txns:
+// a node then gets a pass's channels in one watch response and answers
+// them in one txn (nodewatch batches the answers it has at once), where
+// units in channel order spread each node over every txn of the pass. The
+// units of a pass touch disjoint channels, so their order changes no
+// outcome.
+func byNode(units []*unit) []*unit {
+	putKey := func(u *unit) string {
+		for _, op := range u.ops {
+			if op.Type == kv.OpTypePut {
+				return op.Key
+			}
+		}
+		return ""
+	}
+	out := slices.Clone(units)
+	slices.SortStableFunc(out, func(a, b *unit) int { return strings.Compare(putKey(a), putKey(b)) })
 	return out
 }
 
