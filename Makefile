@@ -62,7 +62,7 @@ bench: bin/etcd
 	$(GO) run -tags raft ./cmd/chanwatch bench $(BENCHFLAGS)
 
 # B12, the scale run of docs/BENCHMARKS.md: 1,000,000 channels on 10,000
-# simulated nodes, one embedded etcd, the real coordinator (about 10-20
+# simulated nodes, one embedded etcd, the real coordinator (about 5
 # minutes on 2 cores; not part of make bench). BENCHFLAGS as for bench.
 bench-scale:
 	$(GO) run ./cmd/chanwatch bench --run B12 --timeout 30m -v $(BENCHFLAGS)
