@@ -117,12 +117,7 @@ func TestListPagesRestartsOnCompaction(t *testing.T) {
 func TestListPagesInOrder(t *testing.T) {
 	ctx := testContext(t)
 	k := newKV(t, etcdkv.WithListPageSize(3), etcdkv.WithRangeStream(false))
-	var ops []kv.Op
-	for i := range 10 {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-	}
-	_, err := k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	putKeys(t, k, "p/", 10)
 	var sizes []int
 	var keys []string
 	rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
@@ -153,12 +148,7 @@ func compactingRoot(t *testing.T, page, keys int) (*etcdkv.KV, *compactingKV) {
 	ckv := &compactingKV{KV: c.KV, bump: root + "-bump"}
 	c.KV = ckv
 	k := newKVAt(t, c, root, etcdkv.WithListPageSize(page), etcdkv.WithRangeStream(false))
-	var ops []kv.Op
-	for i := range keys {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(testContext(t), kv.Txn{Then: ops})
-	noError(t, err)
+	putKeys(t, k, "k/", keys)
 	return k, ckv
 }
 
@@ -197,12 +187,7 @@ func TestListStreamCompactedStartsOverInPages(t *testing.T) {
 	c.KV = skv
 	k := newKVAt(t, c, root, etcdkv.WithListPageSize(7))
 	const keys = 100
-	var ops []kv.Op
-	for i := range keys {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("k/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	putKeys(t, k, "k/", keys)
 
 	var got []kv.KeyValue
 	restarts := 0
@@ -243,12 +228,7 @@ func TestListWithoutRangeStreamPages(t *testing.T) {
 	noError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	k := newKVAt(t, c, testRoot(t), etcdkv.WithListPageSize(3))
-	var ops []kv.Op
-	for i := range 10 {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	putKeys(t, k, "p/", 10)
 	for range 2 {
 		var sizes []int
 		_, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, _ int64, restart bool) error {
@@ -272,12 +252,7 @@ func TestListStreams(t *testing.T) {
 	ckv := &compactingKV{KV: c.KV, bump: "unused"}
 	c.KV = ckv
 	k := newKVAt(t, c, testRoot(t), etcdkv.WithListPageSize(3))
-	var ops []kv.Op
-	for i := range 100 {
-		ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-	}
-	_, err = k.Txn(ctx, kv.Txn{Then: ops})
-	noError(t, err)
+	putKeys(t, k, "p/", 100)
 	var keys []string
 	var revs []int64
 	rev, err := k.ListPages(ctx, "p/", func(page []kv.KeyValue, r int64, restart bool) error {
@@ -349,12 +324,7 @@ func TestListStreamResumesAfterUnavailable(t *testing.T) {
 			t.Cleanup(func() { _ = c.Close() })
 			k := newKVAt(t, c, testRoot(t))
 			const keys = 100
-			var ops []kv.Op
-			for i := range keys {
-				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-			}
-			_, err = k.Txn(ctx, kv.Txn{Then: ops})
-			noError(t, err)
+			putKeys(t, k, "p/", keys)
 
 			var got []string
 			var revs []int64
@@ -389,16 +359,11 @@ func TestListPagesCancelCallsFnNoMore(t *testing.T) {
 		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
 			ctx := testContext(t)
 			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
-			var ops []kv.Op
-			for i := range 100 {
-				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-			}
-			_, err := k.Txn(ctx, kv.Txn{Then: ops})
-			noError(t, err)
+			putKeys(t, k, "p/", 100)
 			for range 20 {
 				cctx, cancel := context.WithCancel(ctx)
 				calls := 0
-				_, err = k.ListPages(cctx, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
+				_, err := k.ListPages(cctx, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
 					calls++
 					if calls == 1 {
 						cancel()
@@ -424,17 +389,12 @@ func TestListPagesReturnsFnErrorAsIs(t *testing.T) {
 		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
 			ctx := testContext(t)
 			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
-			var ops []kv.Op
-			for i := range 30 {
-				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-			}
-			_, err := k.Txn(ctx, kv.Txn{Then: ops})
-			noError(t, err)
+			putKeys(t, k, "p/", 30)
 			stop := fmt.Errorf("deposed")
 			for _, cancelFirst := range []bool{false, true} {
 				cctx, cancel := context.WithCancel(ctx)
 				calls := 0
-				_, err = k.ListPages(cctx, "p/", func([]kv.KeyValue, int64, bool) error {
+				_, err := k.ListPages(cctx, "p/", func([]kv.KeyValue, int64, bool) error {
 					calls++
 					if cancelFirst {
 						cancel()
@@ -458,15 +418,10 @@ func TestListPagesFnCompactedErrorIsFns(t *testing.T) {
 		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
 			ctx := testContext(t)
 			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
-			var ops []kv.Op
-			for i := range 30 {
-				ops = append(ops, kv.OpPut(fmt.Sprintf("p/%04d", i), []byte("v")))
-			}
-			_, err := k.Txn(ctx, kv.Txn{Then: ops})
-			noError(t, err)
+			putKeys(t, k, "p/", 30)
 			mine := fmt.Errorf("fn's own read: %w", kv.ErrCompacted)
 			calls := 0
-			_, err = k.ListPages(ctx, "p/", func([]kv.KeyValue, int64, bool) error {
+			_, err := k.ListPages(ctx, "p/", func([]kv.KeyValue, int64, bool) error {
 				if calls++; calls == 1 {
 					return mine
 				}
@@ -476,4 +431,15 @@ func TestListPagesFnCompactedErrorIsFns(t *testing.T) {
 			equal(t, 1, calls)
 		})
 	}
+}
+
+// putKeys writes n keys prefix0000, prefix0001, ... in one txn.
+func putKeys(t *testing.T, k *etcdkv.KV, prefix string, n int) {
+	t.Helper()
+	var ops []kv.Op
+	for i := range n {
+		ops = append(ops, kv.OpPut(fmt.Sprintf("%s%04d", prefix, i), []byte("v")))
+	}
+	_, err := k.Txn(testContext(t), kv.Txn{Then: ops})
+	noError(t, err)
 }
