@@ -276,25 +276,35 @@ func (r *reconciler) settled(p *plan, ch string, reg *regEntry, keys []*keyEntry
 	return true
 }
 
-// movableKeys returns the assignment keys of the channels a pass marked
-// Movable in node from's load, by channel. A movable channel has exactly
-// one key, on from. The index is built when balance first asks about a
-// node (a pass that balances asks about a few), so a pass keeps no map of
-// every movable channel (a million inserts at 1,000,000 channels).
-func (r *reconciler) movableKeys(p *plan, idx map[int64]map[string]*keyEntry, from int64) map[string]*keyEntry {
-	if m, ok := idx[from]; ok {
-		return m
+// movableKey returns the assignment key of ch when this pass marked ch
+// Movable in node from's load, or nil. It asks the view and the runtime
+// records, not the Movable flags: the policy's Balance gets copies of the
+// loads that share their Channels with the pass, and may have edited them
+// (taken a move's channel out of its source's list, or marked channels
+// Movable); a move is checked against what the pass decided. balance runs
+// only on a pass with no write of its own, nothing pending and so no
+// prepare request left to withdraw: there, decideChannel (and settled)
+// mark a channel Movable exactly when it has one key, Watched and not
+// corrupt, on its live owner, a serving node, no prepare request, no move
+// target and no preparation backoff. A pass keeps no map of every movable
+// channel (a million inserts at 1,000,000 channels); balance asks about
+// the few it moves.
+func (r *reconciler) movableKey(p *plan, ch string, from int64, now time.Time) *keyEntry {
+	keys := r.v.keys[ch]
+	if r.v.registry[ch] == nil || len(keys) != 1 || len(r.v.prepares[ch]) > 0 || p.loads[from] == nil {
+		return nil
 	}
-	m := map[string]*keyEntry{}
-	if l := p.loads[from]; l != nil {
-		for _, c := range l.Channels {
-			if ks := r.v.keys[c.Name]; c.Movable && len(ks) == 1 && ks[0].node == from {
-				m[c.Name] = ks[0]
-			}
-		}
+	k := keys[0]
+	if k.node != from || k.corrupt || k.info.State != meta.Watched {
+		return nil
 	}
-	idx[from] = m
-	return m
+	if _, owned := r.owner(k); !owned {
+		return nil
+	}
+	if rt := r.chans[ch]; rt != nil && (rt.target != 0 || rt.pending(r.v.rev, now) || r.prepareBackoff(rt, now)) {
+		return nil
+	}
+	return k
 }
 
 // rank orders a channel's keys when it has more than one (never made by
@@ -530,7 +540,7 @@ func (r *reconciler) decideChannel(p *plan, ch string, now time.Time) {
 	if _, owned := r.owner(primary); owned && len(extras) == 0 && !primary.corrupt && primary.info.State == meta.Watched && rt.target == 0 && prep == nil &&
 		!r.prepareBackoff(rt, now) {
 		if l := p.loads[primary.node]; l != nil && at == primary.node {
-			l.Channels[len(l.Channels)-1].Movable = true // its key: see movableKeys
+			l.Channels[len(l.Channels)-1].Movable = true // balance checks a move with movableKey
 		}
 	}
 	if prep != nil && primary.info.State == meta.Watched {
@@ -976,9 +986,8 @@ func (r *reconciler) balance(p *plan, serving []int64, now time.Time) {
 		loads = append(loads, *p.loads[id])
 	}
 	seen := map[string]bool{}
-	movable := map[int64]map[string]*keyEntry{}
 	for _, mv := range r.policyBalance(loads, budget) {
-		k := r.movableKeys(p, movable, mv.From)[mv.Channel]
+		k := r.movableKey(p, mv.Channel, mv.From, now)
 		if budget == 0 || k == nil || seen[mv.Channel] || k.node != mv.From || mv.To == mv.From || p.loads[mv.To] == nil ||
 			!slices.Contains(serving, mv.To) || used[mv.To] || !p.loads[mv.To].Meets(r.policyChannel(mv.Channel, r.v.registry[mv.Channel], 0)) {
 			continue
