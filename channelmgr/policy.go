@@ -72,6 +72,11 @@ type Policy interface {
 	// that bring the nodes closer to the policy's ideal, or nil when they
 	// are there. The coordinator caps moves in flight and calls Balance
 	// again as moves finish, so a step need not reach the ideal at once.
+	//
+	// Neither method may modify chs, nodes or the Channels of a NodeLoad:
+	// they share memory with the coordinator's pass, which reuses them
+	// (quick passes place with them). The coordinator checks every move
+	// against its own view, not against what a policy left in nodes.
 	Balance(nodes []NodeLoad, maxMoves int) []Move
 }
 
