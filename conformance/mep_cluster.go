@@ -793,8 +793,23 @@ func (m *mep) procByID() map[int64]*mepNode {
 // invariant (4), with one healthy node alive every registered channel is
 // Watched on a live node, runs there under the key's token, and nothing
 // else runs or stays assigned.
-func (m *mep) unsettled() string {
+func (m *mep) unsettled() string { return m.unsettledIn(m.chk.View()) }
+
+// settledCounts returns counts and unsettled's answer of one view of the
+// checker: a wait that checked them on two views could see every channel
+// settled on the first and the counts it wanted on the second, with moves
+// started in between (CapacityChange saw 10 Watched and 2 ToRelease on a
+// node as "a keeps 10, all settled").
+func (m *mep) settledCounts() (map[int64]int, string) {
 	v := m.chk.View()
+	if why := m.unsettledIn(v); why != "" {
+		return nil, why
+	}
+	return countsIn(v), ""
+}
+
+// unsettledIn is unsettled on view v.
+func (m *mep) unsettledIn(v View) string {
 	procs := m.procByID()
 	healthy := 0
 	for id, st := range v.Live {
@@ -911,8 +926,10 @@ func (m *mep) settle() {
 }
 
 // counts returns how many Watched channels each live node ID holds.
-func (m *mep) counts() map[int64]int {
-	v := m.chk.View()
+func (m *mep) counts() map[int64]int { return countsIn(m.chk.View()) }
+
+// countsIn is counts on view v.
+func countsIn(v View) map[int64]int {
 	out := make(map[int64]int)
 	for id := range v.Live {
 		out[id] = 0

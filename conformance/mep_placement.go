@@ -33,10 +33,11 @@ func spreadGap(c map[int64]int) int {
 func (m *mep) waitBalanced(what string) {
 	m.t.Helper()
 	m.waitFor(what, func() string {
-		if why := m.unsettled(); why != "" {
+		c, why := m.settledCounts()
+		if why != "" {
 			return why
 		}
-		if c := m.counts(); spreadGap(c) > 1 {
+		if spreadGap(c) > 1 {
 			return fmt.Sprintf("counts %v differ by more than one", c)
 		}
 		return ""

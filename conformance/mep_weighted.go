@@ -148,10 +148,11 @@ func mepCapacityChange(t *testing.T, m *mep) {
 	}
 	want := len(chs) / 4
 	m.waitFor(fmt.Sprintf("%s to keep a quarter of the channels (%d)", a.name, want), func() string {
-		if why := m.unsettled(); why != "" {
+		c, why := m.settledCounts()
+		if why != "" {
 			return why
 		}
-		if c := m.counts(); c[a.ID()] != want {
+		if c[a.ID()] != want {
 			return fmt.Sprintf("counts %v", c)
 		}
 		return ""
@@ -346,10 +347,11 @@ func mepMeasuredLoad(t *testing.T, m *mep) {
 		}
 	}
 	m.waitFor(fmt.Sprintf("%s to keep only the heavy channel", a.name), func() string {
-		if why := m.unsettled(); why != "" {
+		c, why := m.settledCounts()
+		if why != "" {
 			return why
 		}
-		if c := m.counts(); c[a.ID()] != 1 || c[b.ID()] != len(chs)-1 {
+		if c[a.ID()] != 1 || c[b.ID()] != len(chs)-1 {
 			return fmt.Sprintf("counts %v", c)
 		}
 		return ""
