@@ -358,16 +358,24 @@ func TestListPagesCancelCallsFnNoMore(t *testing.T) {
 	for _, stream := range []bool{true, false} {
 		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
 			ctx := testContext(t)
-			k := newKV(t, etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
+			c, err := srv.Client()
+			noError(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			ckv := &countingKV{KV: c.KV, signal: make(chan struct{}, 1)}
+			c.KV = ckv
+			k := newKVAt(t, c, testRoot(t), etcdkv.WithListPageSize(10), etcdkv.WithRangeStream(stream))
 			putKeys(t, k, "p/", 100)
 			for range 20 {
 				cctx, cancel := context.WithCancel(ctx)
 				calls := 0
+				base := ckv.arrived.Load()
 				_, err := k.ListPages(cctx, "p/", func(page []kv.KeyValue, _ int64, _ bool) error {
 					calls++
 					if calls == 1 {
+						// A second page (a read-ahead, a buffered chunk)
+						// has reached the client before the cancel.
+						ckv.waitArrived(t, base+2)
 						cancel()
-						time.Sleep(time.Millisecond) // let what is on its way arrive
 					}
 					return nil
 				})
@@ -442,4 +450,59 @@ func putKeys(t *testing.T, k *etcdkv.KV, prefix string, n int) {
 	}
 	_, err := k.Txn(testContext(t), kv.Txn{Then: ops})
 	noError(t, err)
+}
+
+// countingKV counts the list responses that reach the client: each paged
+// Get and each RangeStream chunk, as it arrives.
+type countingKV struct {
+	clientv3.KV
+	arrived atomic.Int64
+	signal  chan struct{} // a token after each arrival (capacity 1)
+}
+
+func (c *countingKV) arrive() {
+	c.arrived.Add(1)
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+// waitArrived waits until n responses have arrived in all, for 30 s at most.
+func (c *countingKV) waitArrived(t testing.TB, n int64) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for c.arrived.Load() < n {
+		select {
+		case <-c.signal:
+		case <-deadline:
+			t.Fatalf("%d list responses reached the client, want %d", c.arrived.Load(), n)
+		}
+	}
+}
+
+func (c *countingKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := c.KV.Get(ctx, key, opts...)
+	if err == nil && len(resp.Kvs) > 1 {
+		c.arrive()
+	}
+	return resp, err
+}
+
+func (c *countingKV) GetStream(ctx context.Context, key string, opts ...clientv3.OpOption) (clientv3.GetStreamChan, error) {
+	in, err := c.KV.GetStream(ctx, key, opts...)
+	if err != nil {
+		return in, err
+	}
+	out := make(chan clientv3.RangeStreamResponse, 1000)
+	go func() {
+		defer close(out)
+		for r := range in {
+			if r.Err() == nil && len(r.Kvs) > 0 {
+				c.arrive()
+			}
+			out <- r
+		}
+	}()
+	return out, nil
 }
